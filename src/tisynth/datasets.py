@@ -142,3 +142,88 @@ class ModelDirectoryDataset(AbstractDataset[Any, Any]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "model_class": self._model_class}
+
+
+class RawFolder:
+    """Handle on a raw dataset folder (read-only input of the ``ingest`` pipeline)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RawFolder({str(self.root)!r})"
+
+
+class UseExisting:
+    """Saved to a :class:`RawFolderDataset`: keep the folder as it is (real data is only read)."""
+
+    def __repr__(self) -> str:
+        return "UseExisting()"
+
+
+class RawFolderDataset(AbstractDataset[FolderWriter | UseExisting, RawFolder]):
+    """A raw dataset folder. Loading checks that it exists; saving is only for generated raw
+    data (the embedded demo scenes): a writer fills the folder, :class:`UseExisting` leaves
+    it alone.
+
+    A writer never replaces a folder that it did not create itself (a folder without the
+    ``marker`` file), so a user's data cannot be overwritten by a misconfigured run.
+    """
+
+    def __init__(self, path: str, marker: str = ".tisynth-demo", metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self._marker = marker
+        self.metadata = metadata
+
+    def load(self) -> RawFolder:
+        if not self._path.is_dir():
+            raise DatasetError(
+                f"{self._path}: dataset folder not found; pass --params=dataset.root=<folder> "
+                "(images/, masks/, classes.csv, optional split.csv)"
+            )
+        return RawFolder(self._path)
+
+    def save(self, data: FolderWriter | UseExisting) -> None:
+        if isinstance(data, UseExisting):
+            self.load()  # fail now, clearly, if the folder is missing
+            return
+        if self._path.exists() and any(self._path.iterdir()) and not (self._path / self._marker).exists():
+            raise DatasetError(
+                f"{self._path}: refusing to write generated data into a folder that holds other data "
+                f"(no {self._marker} marker); set dataset.kind to 'folder' or 'geotiff' for real data"
+            )
+        with staged_directory(self._path) as staging:
+            data(staging)
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+class JSONLinesDataset(AbstractDataset[Any, Any]):
+    """A DataFrame as JSON lines, one object per row (the original TISynth manifest format)."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        import pandas as pd
+
+        with self._filepath.open(encoding="utf-8") as fh:
+            return pd.DataFrame([json.loads(line) for line in fh if line.strip()])
+
+    def save(self, data: Any) -> None:
+        from tisynth.io import write_text_atomic
+
+        records = data.to_dict(orient="records")
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        write_text_atomic(self._filepath, text)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
