@@ -145,10 +145,11 @@ class ModelDirectoryDataset(AbstractDataset[Any, Any]):
 
 
 class RawFolder:
-    """Handle on a raw dataset folder (read-only input of the ``ingest`` pipeline)."""
+    """Handle on a raw dataset folder (read-only input of the ``ingest`` pipeline); ``root`` is
+    None for an optional dataset that was not given."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path | None):
+        self.root = Path(root) if root else None
 
     def __repr__(self) -> str:
         return f"RawFolder({str(self.root)!r})"
@@ -167,15 +168,22 @@ class RawFolderDataset(AbstractDataset[FolderWriter | UseExisting, RawFolder]):
     it alone.
 
     A writer never replaces a folder that it did not create itself (a folder without the
-    ``marker`` file), so a user's data cannot be overwritten by a misconfigured run.
+    ``marker`` file), so a user's data cannot be overwritten by a misconfigured run. With
+    ``optional``, an empty ``folder`` means "not given" and loads as ``RawFolder(None)``.
     """
 
-    def __init__(self, path: str, marker: str = ".tisynth-demo", metadata: dict[str, Any] | None = None):
-        self._path = Path(path)
+    def __init__(self, folder: str, marker: str = ".tisynth-demo", optional: bool = False,
+                 metadata: dict[str, Any] | None = None):
+        # `folder`, not `path`: Kedro would turn an empty `path` into the project root
+        if not folder and not optional:
+            raise DatasetError("RawFolderDataset: no folder given (set the dataset's root)")
+        self._path = Path(folder) if folder else None
         self._marker = marker
         self.metadata = metadata
 
     def load(self) -> RawFolder:
+        if self._path is None:
+            return RawFolder(None)
         if not self._path.is_dir():
             raise DatasetError(
                 f"{self._path}: dataset folder not found; pass --params=dataset.root=<folder> "
@@ -187,6 +195,8 @@ class RawFolderDataset(AbstractDataset[FolderWriter | UseExisting, RawFolder]):
         if isinstance(data, UseExisting):
             self.load()  # fail now, clearly, if the folder is missing
             return
+        if self._path is None:
+            raise DatasetError("RawFolderDataset: no path to write generated data to")
         if self._path.exists() and any(self._path.iterdir()) and not (self._path / self._marker).exists():
             raise DatasetError(
                 f"{self._path}: refusing to write generated data into a folder that holds other data "
@@ -196,10 +206,10 @@ class RawFolderDataset(AbstractDataset[FolderWriter | UseExisting, RawFolder]):
             data(staging)
 
     def _exists(self) -> bool:
-        return self._path.is_dir()
+        return self._path is None or self._path.is_dir()
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path)}
+        return {"path": str(self._path) if self._path else None}
 
 
 class JSONLinesDataset(AbstractDataset[Any, Any]):

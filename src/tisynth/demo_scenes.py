@@ -48,12 +48,18 @@ class DemoSceneConfig:
     crs: str = "EPSG:32650"
     origin: tuple[float, float] = (500000.0, 4400000.0)
     nodata_strip: float = 0.08  # width of the no-data strip (fraction of the side) in odd scenes
+    # the look of the domain: per-channel gain, brightness offset and texture strength, so that
+    # two domains with the same classes can differ in colour and texture
+    color_gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    brightness: float = 0.0
+    texture: float = 1.0
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> DemoSceneConfig:
         known = {k: v for k, v in params.items() if k in cls.__dataclass_fields__}
-        if "origin" in known:
-            known["origin"] = tuple(known["origin"])
+        for key in ("origin", "color_gain"):
+            if key in known:
+                known[key] = tuple(float(v) for v in known[key])
         return cls(**known)
 
 
@@ -109,13 +115,13 @@ def _label_map(rng: np.random.Generator, size: int, ids: Mapping[str, int]) -> n
     return label
 
 
-def _render(rng: np.random.Generator, label: np.ndarray, ids: Mapping[str, int]) -> np.ndarray:
+def _render(rng: np.random.Generator, label: np.ndarray, ids: Mapping[str, int], cfg: DemoSceneConfig) -> np.ndarray:
     """Colour and texture per class -> uint8 RGB (H, W, 3)."""
     size = label.shape[0]
     img = np.zeros((size, size, 3), dtype=np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    fine = rng.standard_normal((size, size)).astype(np.float32)
-    low = _smooth_noise(rng, size, size / 12).astype(np.float32)
+    fine = cfg.texture * rng.standard_normal((size, size)).astype(np.float32)
+    low = cfg.texture * _smooth_noise(rng, size, size / 12).astype(np.float32)
 
     def paint(cls: str, base: Sequence[float], tex: np.ndarray) -> None:
         m = label == ids[cls]
@@ -123,7 +129,7 @@ def _render(rng: np.random.Generator, label: np.ndarray, ids: Mapping[str, int])
             img[..., c][m] = base[c] + tex[m]
 
     paint("meadow", (120, 165, 80), 10 * low + 4 * fine)
-    canopy = _smooth_noise(rng, size, 1.2).astype(np.float32)
+    canopy = cfg.texture * _smooth_noise(rng, size, 1.2).astype(np.float32)
     paint("forest", (35, 80, 40), 18 * canopy + 6 * low)
     angle = rng.uniform(0, np.pi)
     furrow = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / 4.0)
@@ -143,6 +149,7 @@ def _render(rng: np.random.Generator, label: np.ndarray, ids: Mapping[str, int])
         img[..., c][m] = val[m]
     ripple = np.sin(yy / 2.5 + 2 * low) * 3
     paint("water", (30, 70, 130), ripple + 6 * low + 2 * fine)
+    img = img * np.asarray(cfg.color_gain, dtype=np.float32) + cfg.brightness
     return np.clip(img, 1, 255).astype(np.uint8)  # 0 is reserved for no-data
 
 
@@ -154,7 +161,7 @@ def make_scene(cfg: DemoSceneConfig, index: int, registry: ClassRegistry) -> tup
     if missing:
         raise ValueError(f"demo scenes need classes {sorted(missing)} in the demo class table")
     label = _label_map(rng, cfg.size, ids)
-    image = _render(rng, label, ids)
+    image = _render(rng, label, ids, cfg)
     if cfg.nodata_strip > 0 and index % 2 == 1 and registry.ignore_id is not None:
         w = int(round(cfg.nodata_strip * cfg.size))
         image[:, cfg.size - w :] = 0

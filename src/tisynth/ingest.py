@@ -45,12 +45,16 @@ class DatasetConfig:
     split_file: str | None = "split.csv"  # relative to root; used when it exists
     bands: tuple[int, ...] | None = None  # 1-based bands for multi-band GeoTIFFs (default: 1, 2, 3)
     classes: Mapping[str, Any] = field(default_factory=lambda: {"table": "classes.csv", "ignore_id": "auto"})
+    groups: tuple[str, ...] | None = None  # keep only sources of these groups (split file's scene/group column)
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> DatasetConfig:
+    def from_params(cls, params: Mapping[str, Any], what: str = "dataset") -> DatasetConfig:
         if "root" not in params or params["root"] in (None, ""):
-            raise DataError("dataset.root is not set; pass --params=dataset.root=<folder>")
+            raise DataError(f"{what}.root is not set; pass --params={what}.root=<folder>")
         bands = params.get("bands")
+        groups = params.get("groups")
+        if isinstance(groups, str):
+            groups = groups.replace("+", " ").split()
         return cls(
             root=Path(params["root"]),
             kind=params.get("kind", "folder"),
@@ -60,6 +64,7 @@ class DatasetConfig:
             split_file=params.get("split_file", "split.csv"),
             bands=tuple(int(b) for b in bands) if bands else None,
             classes=params.get("classes") or {"table": "classes.csv", "ignore_id": "auto"},
+            groups=tuple(str(g) for g in groups) if groups else None,
         )
 
 
@@ -293,13 +298,16 @@ def plan_source(source: Source, registry: ClassRegistry, dcfg: DatasetConfig, ic
                 msk.close()
 
 
-def assign_splits(plan: pd.DataFrame, split_table: pd.DataFrame | None, icfg: IngestConfig) -> tuple[pd.DataFrame, list[Problem]]:
+def assign_splits(
+    plan: pd.DataFrame, split_table: pd.DataFrame | None, icfg: IngestConfig, default_split: str | None = None
+) -> tuple[pd.DataFrame, list[Problem]]:
     """Add ``split`` and ``group`` columns.
 
     With a split table, tiles inherit the split of their source (and its ``scene``/``group``
     as group); sources missing from the table are problems. Without one, a seeded split
     stratified by dominant class (per tile, or per source with ``split.by: source``).
-    Unlabeled tiles get the split ``unlabeled``.
+    Unlabeled tiles get the split ``unlabeled``. ``default_split`` (when given) replaces the
+    seeded split: every labelled tile gets it (a target domain's tiles are all ``test``).
     """
     plan = plan.copy()
     problems: list[Problem] = []
@@ -315,6 +323,9 @@ def assign_splits(plan: pd.DataFrame, split_table: pd.DataFrame | None, icfg: In
         plan.loc[known & labeled, "split"] = plan.loc[known & labeled, "source"].map(split_table["split"])
         if group_col:
             plan.loc[known, "group"] = plan.loc[known, "source"].map(split_table[group_col])
+        return plan, problems
+    if default_split is not None:
+        plan.loc[labeled, "split"] = default_split
         return plan, problems
 
     rng = np.random.default_rng(icfg.split_seed)
@@ -340,8 +351,24 @@ def assign_splits(plan: pd.DataFrame, split_table: pd.DataFrame | None, icfg: In
     return plan, problems
 
 
+def _keep_groups(sources: list[Source], problems: list[Problem], dcfg: DatasetConfig) -> tuple[list[Source], list[Problem]]:
+    table = read_split_table(dcfg)
+    column = None if table is None else next((c for c in ("group", "scene") if c in table.columns), None)
+    if column is None:
+        raise DataError(f"{dcfg.root}: groups {list(dcfg.groups or [])} were asked for, but there is no split file "
+                        "with a scene/group column to take them from")
+    known = sorted(set(table[column]))
+    unknown = sorted(set(dcfg.groups or []) - set(known))
+    if unknown:
+        raise DataError(f"{dcfg.root}: unknown group(s) {unknown}; the split file has {known}")
+    keep = set(table.index[table[column].isin(dcfg.groups or [])])
+    kept = [s for s in sources if s.name in keep]
+    log.info("groups %s: %d of %d sources", list(dcfg.groups or []), len(kept), len(sources))
+    return kept, [p for p in problems if Path(p.path).stem in keep]
+
+
 def plan_tiles(
-    registry: ClassRegistry, dcfg: DatasetConfig, icfg: IngestConfig
+    registry: ClassRegistry, dcfg: DatasetConfig, icfg: IngestConfig, default_split: str | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate the whole dataset and plan its tiles.
 
@@ -349,6 +376,8 @@ def plan_tiles(
     ``skip_bad`` is set, before any output is written.
     """
     sources, problems = discover(dcfg)
+    if dcfg.groups:
+        sources, problems = _keep_groups(sources, problems, dcfg)
     rows: list[dict[str, Any]] = []
     for source in tqdm(sources, desc="checking sources", unit="image", leave=False):
         try:
@@ -364,7 +393,7 @@ def plan_tiles(
         if dropped.any():
             log.info("%d tile(s) dropped: more than %.0f%% ignore/no-data", int(dropped.sum()), 100 * icfg.max_ignore_fraction)
         plan = plan[~dropped].reset_index(drop=True)
-        plan, split_problems = assign_splits(plan, read_split_table(dcfg), icfg)
+        plan, split_problems = assign_splits(plan, read_split_table(dcfg), icfg, default_split)
         problems.extend(split_problems)
         bad_sources = {p.path for p in split_problems}
         plan = plan[~plan["source_image"].isin(bad_sources)].reset_index(drop=True)
@@ -477,3 +506,32 @@ def class_statistics(manifest: pd.DataFrame, registry: ClassRegistry) -> pd.Data
                          "class": name, "pixels": int(n), "share": (n / total) if total else 0.0,
                          "tiles": len(part)})
     return pd.DataFrame(rows)
+
+
+def check_target_classes(source: ClassRegistry, tcfg: DatasetConfig) -> ClassRegistry | None:
+    """The target's own class table must agree with the source's (same ids and names).
+
+    Returns the target registry, or None when the target has no class table (its masks, if
+    any, are then read with the source's). Raises :class:`DataError` showing the differences.
+    """
+    classes = tcfg.classes or {}
+    table = classes.get("table")
+    has_table = bool(classes.get("classes")) or (table and (tcfg.root / table).is_file())
+    if not has_table:
+        return None
+    target = load_registry(tcfg)
+    diffs = source.same_classes(target)
+    if diffs:
+        raise DataError(
+            f"the class tables of source ({source.source}) and target ({target.source}) differ; "
+            "they must have the same ids and names:\n  " + "\n  ".join(diffs)
+        )
+    return target
+
+
+def empty_manifest(registry: ClassRegistry) -> pd.DataFrame:
+    """A manifest with no rows (no target domain), with the usual columns."""
+    px = [f"px_{k}" for k in range(registry.num_classes)] + ["px_ignore"]
+    cols = ["name", "split", "image", "mask", "source", "group", "row_off", "col_off", "height", "width",
+            "crs", "transform", *px, "ignore_fraction", "dominant", "prompt"]
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in cols})

@@ -75,6 +75,15 @@ def build_pool(manifest: pd.DataFrame, splits: Sequence[str] | None, domain: str
     ).reset_index(drop=True)
 
 
+def target_pool_splits(target_manifest: pd.DataFrame) -> list[str]:
+    """Target tiles that may serve as Refs: all of them, except the test tiles when the target
+    has a split of its own (then its test tiles are kept for evaluation only)."""
+    splits = set(target_manifest["split"])
+    if "test" in splits and len(splits - {"test"}) > 0:
+        return sorted(splits - {"test"})
+    return sorted(splits)
+
+
 def item_seed(mask_name: str, ref_name: str, k: int, base_seed: int) -> int:
     """A stable 31-bit seed for one synthetic image."""
     digest = hashlib.blake2b(f"{base_seed}|{mask_name}|{ref_name}|{k}".encode(), digest_size=8).digest()

@@ -56,6 +56,31 @@ def write_tiles(
     return writer, ingest.public_manifest(manifest)
 
 
+def _no_tiles(folder: Path) -> None:
+    """Writer of an empty tile folder (no target domain)."""
+
+
+def ingest_target(
+    raw: RawFolder, registry: ClassRegistry, target: dict[str, Any], params: dict[str, Any]
+) -> tuple[Callable[[Path], None], pd.DataFrame, pd.DataFrame]:
+    """Tiles of the target domain (Refs for synthesis; its masks, if any, only for evaluation).
+
+    Without a target (``target.root`` unset) the outputs are empty and everything downstream
+    behaves as with a single domain. Target class tables must agree with the source's.
+    """
+    if raw.root is None:
+        return _no_tiles, ingest.empty_manifest(registry), pd.DataFrame(columns=["path", "problem"])
+    tcfg = ingest.DatasetConfig.from_params({"require_masks": False, **target, "root": str(raw.root)}, what="target")
+    ingest.check_target_classes(registry, tcfg)
+    icfg = ingest.IngestConfig.from_params(params)
+    plan, problems = ingest.plan_tiles(registry, tcfg, icfg, default_split=None if tcfg.split_file and
+                                       (tcfg.root / tcfg.split_file).is_file() else "test")
+    manifest = ingest.manifest_from_plan(plan, registry, icfg)
+    log.info("target domain %s: %d tiles (%d labelled)", raw.root, len(manifest), int(manifest["mask"].notna().sum()))
+    writer = functools.partial(ingest.write_tiles, manifest, registry, tcfg, icfg)
+    return writer, ingest.public_manifest(manifest), problems
+
+
 def export_tisynth_jsonl(manifest: pd.DataFrame) -> pd.DataFrame:
     return ingest.tisynth_jsonl(manifest)
 

@@ -18,15 +18,23 @@ from tisynth.plots import image_grid
 log = logging.getLogger(__name__)
 
 
-def build_ref_pool(manifest: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+def build_ref_pool(manifest: pd.DataFrame, target_manifest: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Refs from the target domain when there is one, else from the source's own tiles."""
     pool_cfg = params.get("pool") or {}
-    pool = references.build_pool(manifest, pool_cfg.get("splits"), "source")
-    log.info("Ref pool: %d source tiles", len(pool))
+    if len(target_manifest):
+        splits = pool_cfg.get("target_splits") or references.target_pool_splits(target_manifest)
+        pool = references.build_pool(target_manifest, splits, "target")
+    else:
+        pool = references.build_pool(manifest, pool_cfg.get("splits"), "source")
+    log.info("Ref pool: %d %s tiles", len(pool), pool["ref_domain"].iloc[0])
     return pool
 
 
 def plan_synthesis(manifest: pd.DataFrame, pool: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    plan = references.plan_synthesis(manifest, pool, references.PairingConfig.from_params(params))
+    cfg = references.PairingConfig.from_params(params)
+    if cfg.strategy == "same" and (pool["ref_domain"] == "target").all():
+        raise references.DataError("pairing 'same' pairs a mask with its own image; with a target domain use random")
+    plan = references.plan_synthesis(manifest, pool, cfg)
     log.info("synthesis plan: %d images for %d masks", len(plan), plan["mask_name"].nunique())
     return plan
 

@@ -8,7 +8,7 @@ from . import nodes
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(nodes.build_ref_pool, ["tile_manifest", "params:references"], "ref_pool", name="build_ref_pool"),
+            Node(nodes.build_ref_pool, ["tile_manifest", "target_manifest", "params:references"], "ref_pool", name="build_ref_pool"),
             Node(nodes.plan_synthesis, ["tile_manifest", "ref_pool", "params:references"], "synthesis_plan",
                  name="plan_synthesis"),
             Node(nodes.preview_ref_augmentation, ["tiles", "tile_manifest", "params:ref_augment", "params:references"],
