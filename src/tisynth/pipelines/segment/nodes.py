@@ -1,0 +1,125 @@
+"""Nodes of the ``segment`` pipeline (thin: the work is in tisynth.segmentation and tisynth.report)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from tisynth import report
+from tisynth.classes import ClassRegistry
+from tisynth.io import TileSet, read_image
+from tisynth.segmentation.experiment import AUGMENTED, BASELINE, run_comparison
+from tisynth.segmentation.pairs import Pair, pairs_from_manifest, read_index_mask, synthetic_pairs_from_manifest
+from tisynth.segmentation.segmenter import Segmenter
+from tisynth.segmentation.tracking import safe_metric_name
+
+log = logging.getLogger(__name__)
+
+
+def prepare_segment_data(
+    tiles: TileSet,
+    tile_manifest: pd.DataFrame,
+    synthetic_images: TileSet,
+    filtered_synthetic: TileSet,
+    filtered_manifest: pd.DataFrame,
+    target_tiles: TileSet,
+    target_manifest: pd.DataFrame,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """Pairs for training (real train, kept synthetic), model selection (val) and evaluation sets.
+
+    ``params["eval_sets"]`` maps an evaluation-set name to a split of ``tile_manifest``
+    (default ``{"test": "test"}``). With a labelled target domain, its test tiles (all its
+    labelled tiles when it has no split file) are a second evaluation set, ``target``.
+    """
+    splits = params.get("splits", {})
+    eval_specs = params.get("eval_sets") or {"test": "test"}
+    data = {
+        "train": pairs_from_manifest(tile_manifest, tiles, splits.get("train", "train")),
+        "val": pairs_from_manifest(tile_manifest, tiles, splits.get("val", "val")),
+        "synthetic": synthetic_pairs_from_manifest(filtered_manifest, synthetic_images, filtered_synthetic),
+        "eval_sets": {name: pairs_from_manifest(tile_manifest, tiles, split) for name, split in eval_specs.items()},
+    }
+    target_name = params.get("target_eval_set", "target")
+    if len(target_manifest) and target_manifest["mask"].notna().any() and target_name:
+        data["eval_sets"][target_name] = pairs_from_manifest(target_manifest, target_tiles, "test")
+    log.info("segment data: %d real train, %d kept synthetic, %d val, eval sets %s", len(data["train"]),
+             len(data["synthetic"]), len(data["val"]), {k: len(v) for k, v in data["eval_sets"].items()})
+    return data
+
+
+def train_and_evaluate(
+    segment_data: dict[str, Any], class_registry: ClassRegistry, segmenter: dict[str, Any], params: dict[str, Any]
+) -> tuple[Segmenter, Segmenter, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Baseline (real only) and augmented (real + synthetic) segmenters per seed, each evaluated once.
+
+    Returns the first seed's two segmenters, the long results table, the long confusion table
+    and one row per trained segmenter.
+    """
+    result = run_comparison(
+        segmenter, class_registry, segment_data["train"], segment_data["val"],
+        segment_data["synthetic"], segment_data["eval_sets"], params["work_root"], params.get("mix"),
+        seeds=params.get("seeds", [0]), track=params.get("mlflow", True),
+    )
+    return (result.segmenters[BASELINE], result.segmenters[AUGMENTED], result.results, result.confusions,
+            result.training)
+
+
+def build_report(
+    segment_results: pd.DataFrame,
+    segment_confusions: pd.DataFrame,
+    segment_training: pd.DataFrame,
+    class_registry: ClassRegistry,
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, str, Figure, Figure, dict[str, Any]]:
+    """Comparison table (CSV + Markdown), per-class IoU chart, confusion matrices, MLflow metrics."""
+    table = report.comparison_table(segment_results)
+    per_class = report.per_class_table(segment_results, "IoU")
+    mix = params.get("mix") or {}
+    iters = segment_training.groupby("variant")["iterations"].first().to_dict() if len(segment_training) else {}
+    notes = [
+        f"mixing: {mix.get('mode', 'equal_budget')}"
+        + (f", real fraction per batch {mix['real_fraction']}" if mix.get("real_fraction") else ""),
+        "iterations: " + ", ".join(f"{k} {v}" for k, v in iters.items()),
+        "checkpoints selected on the val split (best mIoU); evaluation sets used once per model",
+    ]
+    markdown = report.comparison_markdown(table, per_class, notes=notes)
+    k = class_registry.num_classes
+    matrices = {}
+    for (variant, eval_set) in segment_confusions[["variant", "eval_set"]].drop_duplicates().itertuples(index=False):
+        matrices[f"{eval_set} / {variant} (all seeds)"] = report.confusion_from_long(
+            segment_confusions, k, variant=variant, eval_set=eval_set)
+    metrics: dict[str, Any] = {}
+    for _, row in table.iterrows():
+        for column in row.index:
+            if column.endswith("_mean") or column.endswith("_std"):
+                value = row[column]
+                if isinstance(value, (int, float)) and np.isfinite(value):
+                    name = safe_metric_name(f"{row['eval_set']}.{column.rsplit('_', 1)[0]}.{row['metric']}"
+                                            f"{'' if column.endswith('_mean') else '.std'}")
+                    metrics[name] = {"value": float(value), "step": 0}
+    return (table, markdown, report.plot_per_class_iou(segment_results, class_registry),
+            report.plot_confusion_matrices(matrices, class_registry), metrics)
+
+
+def plot_predictions(
+    baseline_segmenter: Segmenter,
+    augmented_segmenter: Segmenter,
+    segment_data: dict[str, Any],
+    class_registry: ClassRegistry,
+    params: dict[str, Any],
+) -> Figure:
+    """Image | truth | baseline | augmented for a few tiles of the first evaluation set."""
+    n = int(params.get("examples", 4))
+    eval_name, pairs = next(iter(segment_data["eval_sets"].items()))
+    chosen: list[Pair] = list(pairs)[:: max(1, len(pairs) // max(1, n))][:n]
+    images = [read_image(p.image) for p in chosen]
+    truths = [read_index_mask(p.mask, class_registry.num_classes) for p in chosen]
+    preds = {BASELINE: [baseline_segmenter.predict(img)[0] for img in images],
+             AUGMENTED: [augmented_segmenter.predict(img)[0] for img in images]}
+    names = [f"{eval_name}: {p.image.rsplit('/', 1)[-1]}" for p in chosen]
+    return report.plot_prediction_examples(images, truths, preds, class_registry, names)

@@ -1,0 +1,141 @@
+"""Configs generated from parameters and the class registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from tisynth.classes import IGNORE_INDEX, ClassRegistry
+from tisynth.segmentation.config import (
+    ConfigError,
+    MixConfig,
+    SegmenterConfig,
+    build_model_config,
+    build_runner_config,
+    dataset_metainfo,
+)
+
+
+@pytest.fixture()
+def five() -> ClassRegistry:
+    rows = [
+        {"id": 0, "name": "built-up", "color": [255, 0, 0]},
+        {"id": 1, "name": "farmland", "color": [0, 255, 0]},
+        {"id": 2, "name": "forest", "color": [0, 255, 255]},
+        {"id": 3, "name": "meadow", "color": [255, 255, 0]},
+        {"id": 4, "name": "water", "color": [0, 0, 255]},
+        {"id": 5, "name": "unlabeled", "color": [0, 0, 0]},
+    ]
+    return ClassRegistry.from_records(rows)
+
+
+def _heads(model: dict) -> list[dict]:
+    heads = [model["decode_head"]]
+    aux = model.get("auxiliary_head")
+    if aux:
+        heads += aux if isinstance(aux, list) else [aux]
+    return heads
+
+
+@pytest.mark.parametrize("kind", ["unet", "segformer", "pspnet_r50"])
+def test_model_config_takes_classes_from_registry(five, kind):
+    cfg = SegmenterConfig.from_params({"model": {"type": kind}})
+    model = build_model_config(cfg, five)
+    assert five.num_classes == 5  # "unlabeled" is the ignore id, not a class
+    for head in _heads(model):
+        assert head["num_classes"] == 5
+        assert head["ignore_index"] == IGNORE_INDEX
+        assert head["norm_cfg"]["type"] == "BN"  # one device: no SyncBN
+    assert model["data_preprocessor"]["seg_pad_val"] == IGNORE_INDEX
+    assert model["data_preprocessor"]["bgr_to_rgb"] is False
+
+
+def test_metainfo_and_val_metric_from_registry(five, tmp_path):
+    cfg = SegmenterConfig.from_params({})
+    meta = dataset_metainfo(five)
+    assert meta["classes"] == ["built-up", "farmland", "forest", "meadow", "water"]
+    assert meta["palette"] == [[255, 0, 0], [0, 255, 0], [0, 255, 255], [255, 255, 0], [0, 0, 255]]
+    runner = build_runner_config(cfg, five, str(tmp_path), "train.json", "val.json")
+    assert runner["train_dataloader"]["dataset"]["metainfo"] == meta
+    assert runner["val_dataloader"]["dataset"]["metainfo"] == meta
+    assert runner["val_evaluator"]["num_classes"] == 5
+    assert runner["val_evaluator"]["class_names"] == meta["classes"]
+    # model selection on val, never on test; BN training on one process
+    assert runner["default_hooks"]["checkpoint"]["save_best"] == "mIoU"
+    assert "test_dataloader" not in runner and "test_evaluator" not in runner
+    assert runner["launcher"] == "none"
+
+
+def test_schedule_optimizer_seed_device_from_parameters(five, tmp_path):
+    cfg = SegmenterConfig.from_params({
+        "data": {"crop_size": 96},
+        "train": {"iterations": 1234, "val_interval": 100, "batch_size": 6, "seed": 7},
+        "optimizer": {"type": "SGD", "lr": 0.02, "momentum": 0.8, "weight_decay": 5e-4, "warmup_iters": 10},
+    })
+    r = build_runner_config(cfg, five, str(tmp_path), "t.json", None)
+    assert r["train_cfg"] == {"type": "IterBasedTrainLoop", "max_iters": 1234, "val_interval": 100}
+    assert r["train_dataloader"]["batch_size"] == 6
+    assert r["randomness"]["seed"] == 7
+    assert r["optim_wrapper"]["optimizer"] == {"type": "SGD", "lr": 0.02, "momentum": 0.8, "weight_decay": 5e-4}
+    assert [s["type"] for s in r["param_scheduler"]] == ["LinearLR", "PolyLR"]
+    assert r["param_scheduler"][1]["end"] == 1234
+    crop = [t for t in r["train_dataloader"]["dataset"]["pipeline"] if t["type"] == "RandomCrop"][0]
+    assert tuple(crop["crop_size"]) == (96, 96)
+    assert "val_dataloader" not in r  # no val pairs: no selection, keep the last checkpoint
+    assert "save_best" not in r["default_hooks"]["checkpoint"]
+
+
+def test_pretrained_backbone_is_optional(five):
+    plain = build_model_config(SegmenterConfig.from_params({"model": {"type": "pspnet_r50"}}), five)
+    assert "init_cfg" not in plain["backbone"]
+    cfg = SegmenterConfig.from_params({"model": {"type": "pspnet_r50", "pretrained": "weights/resnet50_v1c.pth"}})
+    model = build_model_config(cfg, five)
+    assert model["backbone"]["init_cfg"] == {"type": "Pretrained", "checkpoint": "weights/resnet50_v1c.pth"}
+    assert model["backbone"]["type"] == "ResNetV1c" and model["backbone"]["dilations"] == [1, 1, 2, 4]
+    assert model["auxiliary_head"]["loss_decode"]["loss_weight"] == 0.4
+
+
+def test_overrides_are_deep_merged(five):
+    cfg = SegmenterConfig.from_params({"model": {"overrides": {"decode_head": {"channels": 99}}}})
+    model = build_model_config(cfg, five)
+    assert model["decode_head"]["channels"] == 99
+    assert model["decode_head"]["num_classes"] == 5  # untouched siblings survive
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"model": {"typo": 1}}, r"segmenter\.model: unknown key"),
+        ({"model": {"type": "deeplab"}}, "not one of"),
+        ({"optimizer": {"policy": "step"}}, "policy"),
+        ({"train": {"iterations": 0}}, "iterations"),
+        ({"extra": {}}, "unknown section"),
+    ],
+)
+def test_bad_parameters_name_the_key(params, match):
+    with pytest.raises(ConfigError, match=match):
+        SegmenterConfig.from_params(params)
+
+
+def test_config_round_trip_and_replace():
+    cfg = SegmenterConfig.from_params({"train": {"seed": 3}})
+    assert SegmenterConfig.from_params(cfg.to_dict()) == cfg
+    assert cfg.replace(train={"seed": 5}).train.seed == 5
+    assert cfg.train.seed == 3
+
+
+def test_mixing_budgets(five, tmp_path):
+    cfg = SegmenterConfig.from_params({"train": {"iterations": 200, "batch_size": 8}})
+    equal = MixConfig.from_params({"mode": "equal_budget", "real_fraction": 0.75})
+    paper = MixConfig.from_params({"mode": "paper"})
+    assert equal.iterations(200) == 200
+    assert paper.iterations(200) == 600
+    r = build_runner_config(cfg, five, str(tmp_path), "r.json", "v.json", "s.json", equal)
+    assert r["train_dataloader"]["sampler"] == {"type": "MixedSourceSampler", "batch_size": 8, "real_fraction": 0.75}
+    sources = [d["source"] for d in r["train_dataloader"]["dataset"]["datasets"]]
+    assert sources == ["real", "synthetic"]
+    r = build_runner_config(cfg, five, str(tmp_path), "r.json", "v.json", "s.json", paper, paper.iterations(200))
+    real, synthetic = r["train_dataloader"]["dataset"]["datasets"]
+    assert real["type"] == "RepeatDataset" and real["times"] == 10 and synthetic["source"] == "synthetic"
+    assert r["train_cfg"]["max_iters"] == 600
+    with pytest.raises(ConfigError):
+        MixConfig.from_params({"mode": "paper", "real_fraction": 0.5})

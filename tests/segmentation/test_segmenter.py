@@ -1,0 +1,101 @@
+"""End-to-end: train on an easy generated task, predict, evaluate, save and load, rerun."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from .toydata import manifest_pairs, tiny_config
+from tisynth.io import DataError, read_image
+from tisynth.metrics import compute_metrics
+from tisynth.segmentation.config import ConfigError, SegmenterConfig, build_model_config
+from tisynth.segmentation.pairs import read_index_mask
+from tisynth.segmentation.segmenter import Segmenter, build_model
+from tisynth.segmentation.train import train_segmenter
+
+
+def test_tiny_training_learns_the_task(trained, toy_tiles):
+    seg, work = trained
+    tiles, manifest = toy_tiles
+    test = manifest_pairs(tiles.root, manifest, "test")
+    m = seg.evaluate(test)
+    # chance: a constant prediction of the majority class gives mIoU < 0.3 on this task
+    truth = np.concatenate([read_index_mask(p.mask, 3).ravel() for p in test])
+    majority = np.bincount(truth[truth != 255]).argmax()
+    chance = compute_metrics(truth, np.where(truth == 255, 0, majority), 3).miou
+    assert chance < 0.3
+    assert m.miou > 0.6, m
+    assert m.oa > 0.8
+    # model selection happened on val, and recorded it
+    info = seg.training_info
+    assert info["selection"] == "best val mIoU"
+    assert info["best_val_mIoU"] == max(r["mIoU"] for r in info["val_history"])
+    assert [r["iter"] for r in info["val_history"]] == [40, 80]
+    assert json.loads((work / "done.json").read_text())["checkpoint"] == info["checkpoint"]
+
+
+def test_predict_logits_shapes_and_inputs(trained, toy_tiles):
+    seg, _ = trained
+    tiles, manifest = toy_tiles
+    paths = [str(tiles.root / p) for p in manifest["image"][:3]]
+    arrays = np.stack([read_image(p) for p in paths])
+    logits = seg.predict_logits(arrays)
+    assert logits.shape == (3, 3, 32, 32) and logits.dtype == np.float32
+    np.testing.assert_allclose(seg.predict_logits(paths), logits, atol=1e-5)
+    labels = seg.predict(arrays)
+    assert labels.dtype == np.uint8 and labels.shape == (3, 32, 32)
+    np.testing.assert_array_equal(labels, logits.argmax(1))
+    # a size that is not a multiple of 32 is padded internally and cropped back
+    odd = arrays[:, :27, :30]
+    assert seg.predict_logits(odd).shape == (3, 3, 27, 30)
+    with pytest.raises(DataError, match="different sizes"):
+        seg.predict_logits([arrays[0], arrays[0, :20, :20]])
+    with pytest.raises(DataError, match="uint8"):
+        seg.predict_logits(arrays.astype(np.float32))
+
+
+def test_save_and_load_pretrained(trained, tmp_path):
+    seg, _ = trained
+    seg.save_pretrained(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.safetensors", "segmenter.json"]
+    loaded = Segmenter.from_pretrained(tmp_path / "model", device="cpu")
+    x = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(loaded.predict_logits(x), seg.predict_logits(x), atol=1e-5)
+    assert loaded.registry.names == seg.registry.names
+    assert loaded.config == seg.config
+    assert loaded.training_info["best_iter"] == seg.training_info["best_iter"]
+    with pytest.raises(DataError, match="not a saved Segmenter"):
+        Segmenter.from_pretrained(tmp_path)
+
+
+def test_finished_job_reloads_without_training(trained, toy_tiles, registry):
+    from mmengine.hooks import Hook
+
+    class Count(Hook):
+        n = 0
+
+        def after_train_iter(self, *args, **kwargs):
+            Count.n += 1
+
+    seg, work = trained
+    tiles, manifest = toy_tiles
+    train, val = manifest_pairs(tiles.root, manifest, "train"), manifest_pairs(tiles.root, manifest, "val")
+    again = train_segmenter(tiny_config(), registry, train, val, work, label="again", hooks=[Count()])
+    assert Count.n == 0
+    assert again.training_info["reloaded"] is True
+    x = np.random.default_rng(1).integers(0, 255, (1, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(again.predict_logits(x), seg.predict_logits(x), atol=1e-6)
+    # the same folder with other settings is refused instead of silently resumed
+    with pytest.raises(ConfigError, match="another training job"):
+        train_segmenter(tiny_config(train={"seed": 99}), registry, train, val, work)
+
+
+@pytest.mark.parametrize("kind", ["unet", "segformer", "pspnet_r50"])
+def test_generated_models_build_and_run(registry, kind):
+    cfg = SegmenterConfig.from_params({"model": {"type": kind, "base_channels": 8, "embed_dims": 16}})
+    model_cfg = build_model_config(cfg, registry)
+    seg = Segmenter(build_model(model_cfg), model_cfg, registry, cfg, device="cpu")
+    x = np.zeros((1, 64, 64, 3), dtype=np.uint8)
+    assert seg.predict_logits(x).shape == (1, registry.num_classes, 64, 64)
