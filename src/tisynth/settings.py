@@ -9,4 +9,6 @@ CONFIG_LOADER_ARGS = {
     "config_patterns": {
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
     },
+    # an environment (conf/folder, conf/local, ...) overrides single parameter keys, not whole blocks
+    "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
 }
