@@ -1,0 +1,102 @@
+"""Running the generator's training stages inside a project: stage order, checkpoint folders
+that never mix runs, and the figures of a training run.
+
+The stages are ``base`` (the text-conditioned UNet; only when no pretrained base is given,
+because with random weights the frozen UNet of the method would otherwise be noise), ``A``
+(the mask ControlNet) and ``B`` (the Ref ControlNet and the all-in-attention layers).
+
+Each stage checkpoints into its own folder. The folder carries a fingerprint of everything
+the stage's result depends on: the generator config, the training images, the stage's
+settings and the full history of the stages before it. A rerun with the same fingerprint
+resumes from the newest checkpoint (a finished stage returns at once; a larger ``steps``
+continues); a different fingerprint means the checkpoints belong to another run and they are
+cleared first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tisynth.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STAGES = ("base", "A", "B")
+# settings that do not change what a stage computes (or only how long it runs)
+_NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "checkpoints_keep", "log_every", "sample_every", "sample_items",
+                       "sample", "progress", "num_workers", "resume"}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def stage_config(params: Mapping[str, Any], stage: str, ref_augment: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The TrainConfig dict of one stage: ``common`` settings overridden by the stage's own."""
+    cfg = {**dict(params.get("common") or {}), **dict(params.get(stage) or {}), "stage": stage}
+    if stage == "B" and ref_augment is not None:
+        cfg["ref_augment"] = dict(ref_augment)
+    return cfg
+
+
+def stage_fingerprints(upstream: str, cfg: Mapping[str, Any]) -> tuple[str, str]:
+    """(fingerprint of this stage's checkpoints, fingerprint handed to the next stage)."""
+    own = _digest([upstream, {k: v for k, v in cfg.items() if k not in _NOT_IN_FINGERPRINT}])
+    return own, _digest([upstream, dict(cfg)])
+
+
+def data_fingerprint(generator_config: Mapping[str, Any], train_names: Sequence[str]) -> str:
+    return _digest([dict(generator_config), sorted(train_names)])
+
+
+def prepare_checkpoint_dir(folder: Path, fingerprint: str) -> Path:
+    """Make ``folder`` hold only checkpoints of this fingerprint (clear it otherwise)."""
+    marker = folder / "fingerprint.json"
+    if folder.exists() and (not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint):
+        if any(folder.iterdir()):
+            log.warning("%s holds checkpoints of another run (other data or settings): clearing it", folder)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"fingerprint": fingerprint})
+    return folder
+
+
+def history_frame(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
+    rows = [{"stage": s, **h} for s, hist in histories.items() for h in hist]
+    return pd.DataFrame(rows, columns=["stage", "step", "loss", "lr"])
+
+
+def loss_figure(history: pd.DataFrame):  # -> Figure
+    """One panel per stage: loss per step and its running mean."""
+    from tisynth.plots import plt
+
+    stages = [s for s in STAGES if s in set(history["stage"])]
+    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(4.2 * max(1, len(stages)), 3.2), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        h = history[history["stage"] == stage]
+        ax.plot(h["step"], h["loss"], lw=0.6, alpha=0.4, label="loss")
+        window = max(1, len(h) // 20)
+        ax.plot(h["step"], h["loss"].rolling(window, min_periods=1).mean(), lw=1.6, label=f"mean over {window}")
+        ax.set_title(f"stage {stage}")
+        ax.set_xlabel("optimizer step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("ε-prediction MSE")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def grid_figure(grid: np.ndarray, title: str):  # -> Figure
+    from tisynth.plots import image_grid
+
+    return image_grid([[grid]], title=title, cell=min(12.0, 2.0 + grid.shape[1] / 80))

@@ -1,0 +1,104 @@
+"""Thin nodes of the ``train_generator`` pipeline; the logic is in :mod:`tisynth.generator`
+and :mod:`tisynth.generator_runs`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from tisynth import generator_runs as runs
+from tisynth.classes import ClassRegistry
+from tisynth.generator import (
+    MlflowCallback,
+    TileDataset,
+    build_generator,
+    collate_items,
+    resolve_generator_config,
+    sample_images,
+    train_generator,
+)
+from tisynth.generator.data import images_to_uint8
+from tisynth.generator.sample import sample_grid
+from tisynth.io import TileSet
+
+log = logging.getLogger(__name__)
+
+
+def init_generator(registry: ClassRegistry, generator: dict[str, Any], params: dict[str, Any]) -> Any:
+    model = build_generator(generator, registry, seed=int((params.get("common") or {}).get("seed", 0)))
+    counts = model.parameter_counts()
+    log.info("generator built: %s", ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items()))
+    return model
+
+
+def _train_names(manifest: pd.DataFrame, params: dict[str, Any]) -> list[str]:
+    splits = params.get("splits") or ["train"]
+    return sorted(manifest.loc[manifest["split"].isin(splits) & manifest["mask"].notna(), "name"])
+
+
+def _fingerprint_chain(stage: str, generator: dict[str, Any], manifest: pd.DataFrame, params: dict[str, Any],
+                       ref_augment: dict[str, Any]) -> str:
+    upstream = runs.data_fingerprint(resolve_generator_config(generator), _train_names(manifest, params))
+    for s in runs.STAGES:
+        own, upstream_next = runs.stage_fingerprints(upstream, runs.stage_config(params, s, ref_augment))
+        if s == stage:
+            return own
+        upstream = upstream_next
+    raise ValueError(stage)
+
+
+def _train(stage: str, model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+           ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    cfg = runs.stage_config(params, stage, ref_augment)
+    if stage == "base" and generator.get("pretrained"):
+        log.info("stage base skipped: the UNet comes pretrained from %s", generator["pretrained"])
+        return model, []
+    if int(cfg.get("steps", 0)) <= 0:
+        log.info("stage %s skipped (steps: 0)", stage)
+        return model, []
+    data = TileDataset(tiles, manifest[manifest["name"].isin(_train_names(manifest, params))], split=None)
+    folder = runs.prepare_checkpoint_dir(Path(params["checkpoint_dir"]) / f"stage_{stage}",
+                                         _fingerprint_chain(stage, generator, manifest, params, ref_augment))
+    log.info("stage %s: %d training tiles, %d steps, checkpoints in %s", stage, len(data), cfg["steps"], folder)
+    result = train_generator(model, data, cfg, folder, callback=MlflowCallback(prefix=f"generator_{stage}/"))
+    return result.model, result.history
+
+
+def train_base(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+               ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    return _train("base", model, tiles, manifest, params, ref_augment, generator)
+
+
+def train_stage_a(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+                  ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    return _train("A", model, tiles, manifest, params, ref_augment, generator)
+
+
+def train_stage_b(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+                  ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    return _train("B", model, tiles, manifest, params, ref_augment, generator)
+
+
+def report_training(
+    history_base: list[dict[str, Any]], history_a: list[dict[str, Any]], history_b: list[dict[str, Any]],
+    model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+) -> tuple[pd.DataFrame, Figure, Figure]:
+    """Loss curves of every stage, and mask | Ref | sample rows for held-out (val) tiles."""
+    history = runs.history_frame({"base": history_base, "A": history_a, "B": history_b})
+    report = params.get("report") or {}
+    split = report.get("split", "val")
+    rows = manifest[(manifest["split"] == split) & manifest["mask"].notna()]
+    if rows.empty:
+        rows = manifest[manifest["mask"].notna()]
+    data = TileDataset(tiles, rows.head(int(report.get("tiles", 6))), split=None)
+    batch = collate_items([data[i] for i in range(len(data))])
+    masks, refs = batch["masks"].numpy(), images_to_uint8(batch["images"])
+    samples = sample_images(model, masks, refs, batch["prompts"], list(range(len(data))),
+                            {**dict(report.get("sample") or {}), "mode": "tisynth"})
+    grid = sample_grid([np.stack([model.registry.colorize(m) for m in masks]), refs, samples])
+    return history, runs.loss_figure(history), runs.grid_figure(grid, f"{split} tiles: mask | Ref (own image) | sample")

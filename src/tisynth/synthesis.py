@@ -1,0 +1,143 @@
+"""Synthesis runs: turn a synthesis plan into image files, resumably.
+
+:func:`write_synthetic_images` is the writer that the ``synthetic_images`` catalog entry
+(an incremental :class:`~tisynth.datasets.FileTreeDataset`) runs on its folder:
+
+* each image is written atomically under its plan name, and items whose file exists are
+  skipped, so an interrupted run resumes where it stopped and never duplicates work;
+* a fingerprint of the generator and of the sampling settings is kept beside the images; when
+  either changes, the old images are stale and are removed before sampling starts;
+* ``shard_index``/``shard_count`` split the plan between processes or machines that write into
+  the same folder (each takes every ``shard_count``-th item); a final unsharded run then finds
+  everything done and indexes the set.
+
+Every image depends only on its (mask, Ref, prompt, seed), so neither the batch size nor the
+sharding changes any pixel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from tisynth.io import DataError, TileSet, write_image, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT = "fingerprint.json"
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    sample: dict[str, Any]
+    chunk: int = 32
+    image_format: str = "png"
+    shard_index: int = 0
+    shard_count: int = 1
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> SynthesisSettings:
+        shard = params.get("shard") or {}
+        cfg = cls(
+            sample=dict(params.get("sampler") or {}),
+            chunk=int(params.get("chunk", 32)),
+            image_format=str(params.get("image_format", "png")),
+            shard_index=int(shard.get("index", 0)),
+            shard_count=int(shard.get("count", 1)),
+        )
+        if cfg.image_format not in ("png", "jpg"):
+            raise DataError(f"sample.image_format must be png or jpg, got {cfg.image_format!r}")
+        if not 0 <= cfg.shard_index < cfg.shard_count:
+            raise DataError(f"sample.shard: index {cfg.shard_index} not in 0..{cfg.shard_count - 1}")
+        return cfg
+
+
+def generator_version(model: torch.nn.Module) -> str:
+    """A short content hash of a generator's weights (what a synthetic image came from)."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_fingerprint(version: str, sample: Mapping[str, Any], image_format: str) -> dict[str, Any]:
+    keep = {k: v for k, v in sample.items() if k not in ("batch_size", "progress", "device")}
+    return {"generator_version": version, "sampler": keep, "image_format": image_format}
+
+
+def image_path(name: str, image_format: str) -> str:
+    return f"images/{name}.{image_format}"
+
+
+def write_synthetic_images(
+    folder: Path,
+    model: Any,
+    plan: pd.DataFrame,
+    tilesets: Mapping[str, TileSet],
+    settings: SynthesisSettings,
+    version: str,
+) -> int:
+    """Sample every planned image that is not on disk yet; returns how many were made."""
+    from tisynth.generator.sample import sample_images
+
+    folder = Path(folder)
+    fingerprint = run_fingerprint(version, settings.sample, settings.image_format)
+    fp_path = folder / FINGERPRINT
+    if fp_path.is_file():
+        old = json.loads(fp_path.read_text())
+        if old != fingerprint:
+            log.warning("generator or sampler settings changed since the last run: removing %s", folder / "images")
+            shutil.rmtree(folder / "images", ignore_errors=True)
+    write_json_atomic(fp_path, fingerprint)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+
+    mine = plan.iloc[settings.shard_index :: settings.shard_count]
+    todo = mine[[not (folder / image_path(n, settings.image_format)).exists() for n in mine["name"]]]
+    if len(todo) < len(mine):
+        log.info("%d of %d images already on disk; sampling the other %d", len(mine) - len(todo), len(mine), len(todo))
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc="sampling", unit="img") as bar:
+        for start in range(0, len(todo), settings.chunk):
+            rows = todo.iloc[start : start + settings.chunk]
+            masks = np.stack([tilesets["source"].read_mask(m) for m in rows["mask"]])
+            refs = np.stack([_tileset(tilesets, d).read_image(r) for d, r in zip(rows["ref_domain"], rows["ref"])])
+            images = sample_images(model, masks, refs, list(rows["prompt"]), [int(s) for s in rows["seed"]], settings.sample)
+            for name, img in zip(rows["name"], images):
+                write_image(folder / image_path(name, settings.image_format), img)
+            bar.update(len(rows))
+    return len(todo)
+
+
+def _tileset(tilesets: Mapping[str, TileSet], domain: str) -> TileSet:
+    if domain not in tilesets:
+        raise DataError(f"the synthesis plan uses Refs from the {domain!r} domain, but no {domain} tiles were given")
+    return tilesets[domain]
+
+
+def index_synthetic(folder: TileSet, plan: pd.DataFrame, image_format: str) -> pd.DataFrame:
+    """The synthetic manifest: plan rows whose image exists, with the generator version."""
+    fp_path = folder.root / FINGERPRINT
+    version = json.loads(fp_path.read_text())["generator_version"] if fp_path.is_file() else None
+    rows = plan.copy()
+    rows["image"] = [image_path(n, image_format) for n in rows["name"]]
+    exists = np.array([folder.path(p).is_file() for p in rows["image"]], dtype=bool)
+    if not exists.all():
+        log.warning("%d of %d planned images are missing (another shard still running?); indexing the %d present",
+                    int((~exists).sum()), len(rows), int(exists.sum()))
+    rows = rows[exists].reset_index(drop=True)
+    rows["generator_version"] = version
+    return rows
