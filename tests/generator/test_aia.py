@@ -69,9 +69,13 @@ def test_mapping_is_derived_for_other_layouts():
 
 
 @torch.no_grad()
-def test_aia_is_the_identity_at_initialisation(tiny):
+@pytest.mark.parametrize("mask_residual", [False, True])
+def test_aia_is_the_identity_at_initialisation(registry, mask_residual):
     """Compared: the UNet's prediction with both ControlNets producing NON-zero features that
-    reach every AIA site, versus the same UNet called with no features and no residuals."""
+    reach every AIA site, versus the same UNet without AIA: called with no features and no
+    residuals (the paper's injection), or with the mask ControlNet's residuals only, i.e. the
+    stage-A ControlNet model (``mask_residual``)."""
+    tiny = build_generator({"preset": "tiny", "mask_residual": mask_residual}, registry, seed=0)
     perturb_zero_inits(tiny.mask_controlnet)  # non-zero mask features (like after stage A)
     perturb_zero_inits(tiny.ref_controlnet)
     x = _inputs(tiny)
@@ -80,8 +84,13 @@ def test_aia_is_the_identity_at_initialisation(tiny):
     assert all(r.abs().sum() > 0 and m.abs().sum() > 0 for r, m in feats.values())
     with_aia = tiny.predict_noise(**x, mode="tisynth")
     tiny.clear_features()
-    plain = tiny.unet(x["sample"], x["timesteps"], x["text"]).sample
-    assert torch.equal(with_aia, plain)
+    if mask_residual:
+        plain = tiny.predict_noise(**{k: v for k, v in x.items() if k != "ref_latents"}, mode="controlnet")
+        unconditioned = tiny.unet(x["sample"], x["timesteps"], x["text"]).sample
+        assert not torch.allclose(plain, unconditioned, atol=1e-4)  # the residual path does something
+    else:
+        plain = tiny.unet(x["sample"], x["timesteps"], x["text"]).sample
+    assert torch.allclose(with_aia, plain, atol=1e-6, rtol=0)
     # the comparison can fail: once an AIA output projection is non-zero the output changes
     torch.nn.init.normal_(tiny.aia["up_2_1"].ref_attn.to_out[0].weight, std=0.1)
     assert not torch.allclose(tiny.predict_noise(**x, mode="tisynth"), plain, atol=1e-4)
@@ -117,9 +126,10 @@ def _call_counts(model, names):
 
 
 @pytest.mark.parametrize("train_mid", [True, False])
+@pytest.mark.parametrize("mask_residual", [False, True])
 @torch.no_grad()
-def test_unconsumed_controlnet_outputs_are_not_computed(registry, train_mid):
-    model = build_generator({"preset": "tiny", "train_mid_aia": train_mid}, registry)
+def test_unconsumed_controlnet_outputs_are_not_computed(registry, train_mid, mask_residual):
+    model = build_generator({"preset": "tiny", "train_mid_aia": train_mid, "mask_residual": mask_residual}, registry)
     # tiny layout: skips 0 conv_in, 1 d0.resnet, 2 d0.down, 3 d1.resnet, 4 d1.down, 5 d2.resnet;
     # decoder attentions consume 0..3, the middle site (if any) mid_block_res_sample
     assert model.needed_skips == [0, 1, 2, 3] and model.need_mid == train_mid
@@ -133,10 +143,11 @@ def test_unconsumed_controlnet_outputs_are_not_computed(registry, train_mid):
     for h in handles:
         h.remove()
     for cn in ("ref_controlnet", "mask_controlnet"):
+        everything = cn == "mask_controlnet" and mask_residual  # residuals consume every output
         assert counts[f"{cn}.controlnet_down_blocks.3"] == 1
-        assert counts[f"{cn}.controlnet_down_blocks.4"] == 0 and counts[f"{cn}.controlnet_down_blocks.5"] == 0
+        assert counts[f"{cn}.controlnet_down_blocks.4"] == counts[f"{cn}.controlnet_down_blocks.5"] == int(everything)
         deep = (f"{cn}.mid_block", f"{cn}.controlnet_mid_block", f"{cn}.down_blocks.2.resnets.0", f"{cn}.down_blocks.1.downsamplers.0")
-        assert all(counts[n] == (1 if train_mid else 0) for n in deep), counts
+        assert all(counts[n] == (1 if train_mid or everything else 0) for n in deep), counts
 
 
 def test_sd15_preset_has_the_paper_sizes(registry):

@@ -104,17 +104,18 @@ def test_configuration_errors_are_named(registry, tiny):
 
 def test_presets_and_overrides(registry):
     tiny = resolve_generator_config({"preset": "tiny", "unet": {"layers_per_block": 2}})
-    assert tiny["unet"]["layers_per_block"] == 2 and tiny["unet"]["block_out_channels"] == [32, 64, 64]
+    assert tiny["unet"]["layers_per_block"] == 2 and tiny["unet"]["block_out_channels"] == [64, 96, 96]
+    assert tiny["scheduler"]["prediction_type"] == "v_prediction" and tiny["scheduler"]["beta_end"] == 0.012
     sd = resolve_generator_config({"preset": "sd15"})
     assert sd["unet"]["block_out_channels"] == [320, 640, 1280, 1280] and sd["text_encoder"]["hidden_size"] == 768
     assert sd["autoencoder"]["config"]["scaling_factor"] == 0.18215
     other_ae = resolve_generator_config({"preset": "small", "autoencoder": {"type": "taef2", "weights_dir": "x"}})
     assert other_ae["autoencoder"] == {"type": "taef2", "weights_dir": "x"}
     small = build_generator({"preset": "small", "image_size": 64}, registry)
-    assert small.latent_channels == 192 and small.downsample_factor == 8
+    assert small.latent_channels == 48 and small.downsample_factor == 4
     with torch.no_grad():
         x = _batch(small, 1, 64, 64)
-        assert small.predict_noise(**x).shape == (1, 192, 8, 8)
+        assert small.predict_noise(**x).shape == (1, 48, 16, 16)
 
 
 def test_builds_are_seeded(registry):

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tisynth.generator.model import GeneratorError
 from tisynth.generator import TileDataset, build_generator, latest_checkpoint, train_generator
 from tisynth.generator.train import TrainingError
 from tisynth.io import TileSet, write_image
@@ -159,14 +160,17 @@ def test_bad_training_settings_are_named(registry, tiles, tmp_path):
         train_generator(model, bad, {**FAST, "stage": "A", "steps": 1}, tmp_path)
 
 
-def test_train_unet_decoder_option_adds_exactly_the_decoder(registry):
+@pytest.mark.parametrize("stage", ["A", "B"])
+def test_train_unet_decoder_option_adds_exactly_the_decoder(registry, stage):
     model = build_generator({"preset": "tiny"}, registry)
-    plain = set(model.trainable_parameter_names("B"))
-    more = set(model.trainable_parameter_names("B", train_unet_decoder=True))
+    plain = set(model.trainable_parameter_names(stage))
+    more = set(model.trainable_parameter_names(stage, train_unet_decoder=True))
     added = more - plain
     prefixes = ("unet.mid_block.", "unet.up_blocks.", "unet.conv_norm_out.", "unet.conv_out.")
     assert plain < more and all(n.startswith(prefixes) for n in added)
     assert {n for n, _ in model.named_parameters() if n.startswith(prefixes)} == added
+    with pytest.raises(GeneratorError, match="stages A and B"):
+        model.trainable_parameter_names("base", train_unet_decoder=True)
 
 
 def test_gradient_checkpointing_gives_the_same_step(registry, tiles, tmp_path):

@@ -287,6 +287,11 @@ class TISynthGenerator(nn.Module):
         return self.registry.num_classes
 
     @property
+    def mask_residual(self) -> bool:
+        """In ``tisynth`` mode, also add the mask ControlNet's outputs residually (see config)."""
+        return bool(self.config.get("mask_residual", False))
+
+    @property
     def control_encoding(self) -> str:
         return str(self.config["control_encoding"])
 
@@ -343,11 +348,16 @@ class TISynthGenerator(nn.Module):
         ref_latents: torch.Tensor,
         reference_path: bool = False,
         conditioning_scale: float = 1.0,
+        mask_outputs: tuple[dict[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per-site (Ref tokens, mask tokens) from both ControlNets."""
+        """Per-site (Ref tokens, mask tokens) from both ControlNets (``mask_outputs``: the mask
+        ControlNet's outputs when they were already computed)."""
         feats = {}
         per_net = []
         for cn, hint in ((self.ref_controlnet, ref_latents), (self.mask_controlnet, control)):
+            if cn is self.mask_controlnet and mask_outputs is not None:
+                per_net.append(mask_outputs)
+                continue
             grad = torch.is_grad_enabled() and any(p.requires_grad for p in cn.parameters())
             with torch.set_grad_enabled(grad):
                 if reference_path:
@@ -410,6 +420,17 @@ class TISynthGenerator(nn.Module):
             raise GeneratorError("mode 'tisynth' needs Ref latents (encode the Ref images with encode_images)")
         if ref_latents.shape[1:] != sample.shape[1:]:
             raise GeneratorError(f"Ref latents {tuple(ref_latents.shape)} and noisy latents {tuple(sample.shape)} differ in shape")
+        if self.mask_residual:
+            # the mask ControlNet's outputs feed the AIA sites *and* the UNet residually
+            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.mask_controlnet.parameters())
+            with torch.set_grad_enabled(grad):
+                down, mid = self.mask_controlnet(
+                    sample, timesteps, text, control, conditioning_scale=conditioning_scale, return_dict=False
+                )
+            self.features.set(self.aia_features(sample, timesteps, text, control, ref_latents, reference_path,
+                                                conditioning_scale, mask_outputs=(dict(enumerate(down)), mid)))
+            return self.unet(sample, timesteps, text, down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid, return_dict=False)[0]
         self.features.set(self.aia_features(sample, timesteps, text, control, ref_latents, reference_path, conditioning_scale))
         # features stay in the store until the next call so that checkpointed blocks can recompute
         return self.unet(sample, timesteps, text, return_dict=False)[0]
@@ -425,13 +446,14 @@ class TISynthGenerator(nn.Module):
         * ``base``: the UNet (text-to-image pre-training when no pretrained base exists);
         * ``A``: the mask ControlNet (base frozen);
         * ``B``: the used part of the Ref ControlNet and every AIA layer (mask ControlNet frozen);
-          with ``train_unet_decoder`` also the UNet's middle block, decoder and output layers
-          (the authors' earlier ``ftdecoder`` variant, METHOD §7.2; off by default).
+        * with ``train_unet_decoder`` (stages A and B) also the UNet's middle block, decoder and
+          output layers (the authors' earlier ``ftdecoder`` variant, METHOD §7.2; off by default,
+          meant for bases trained from scratch, which have not learnt to use the conditions).
         """
         if stage not in STAGES:
             raise GeneratorError(f"training stage must be one of {STAGES}, got {stage!r}")
-        if train_unet_decoder and stage != "B":
-            raise GeneratorError("train_unet_decoder applies to stage B only")
+        if train_unet_decoder and stage == "base":
+            raise GeneratorError("train_unet_decoder applies to stages A and B (base trains the whole UNet)")
         if stage == "base":
             prefixes = ["unet."]
         elif stage == "A":
@@ -439,8 +461,8 @@ class TISynthGenerator(nn.Module):
         else:
             used = controlnet_used_prefixes(self.ref_controlnet, self.needed_skips, self.need_mid)
             prefixes = [f"ref_controlnet.{p}." for p in used] + ["aia."]
-            if train_unet_decoder:
-                prefixes += ["unet.mid_block.", "unet.up_blocks.", "unet.conv_norm_out.", "unet.conv_out."]
+        if train_unet_decoder:
+            prefixes += ["unet.mid_block.", "unet.up_blocks.", "unet.conv_norm_out.", "unet.conv_out."]
         return [n for n, _ in self.named_parameters() if any(n.startswith(p) for p in prefixes)]
 
     def set_trainable(self, stage: str, train_unet_decoder: bool = False) -> list[str]:

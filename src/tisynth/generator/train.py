@@ -100,7 +100,7 @@ class TrainConfig:
         progress: show a tqdm bar.
         cpu: force CPU even when an accelerator is available.
         find_unused_parameters: DDP option (not needed: only used parameters train).
-        train_unet_decoder: stage B only: also train the UNet's middle block, decoder and output
+        train_unet_decoder: stages A and B: also train the UNet's middle block, decoder and output
             layers (the authors' earlier "ftdecoder" variant; off by default, as in TISynth).
     """
 
@@ -158,8 +158,8 @@ class TrainConfig:
             raise TrainingError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if not 0 <= self.hflip <= 1:
             raise TrainingError(f"hflip probability must be in [0, 1], got {self.hflip}")
-        if self.train_unet_decoder and self.stage != "B":
-            raise TrainingError("train_unet_decoder applies to stage B only")
+        if self.train_unet_decoder and self.stage == "base":
+            raise TrainingError("train_unet_decoder applies to stages A and B (base trains the whole UNet)")
         if self.learning_rate <= 0:
             raise TrainingError(f"learning_rate must be positive, got {self.learning_rate}")
         RefAugment(**self.ref_augment)

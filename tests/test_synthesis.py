@@ -1,0 +1,163 @@
+"""Resumable, shardable synthesis runs (the ``sample`` pipeline's writer) and the training-run
+bookkeeping around the generator stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tisynth import generator_runs, references, synthesis
+from tisynth.classes import ClassRegistry
+from tisynth.generator import build_generator
+from tisynth.io import TileSet, read_image, write_image
+
+REG = ClassRegistry.from_records([{"id": i, "name": n, "color": c} for i, (n, c) in enumerate(
+    [("road", [255, 0, 0]), ("tree", [0, 255, 0]), ("water", [0, 0, 255])])])
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return build_generator({"preset": "tiny", "image_size": 32}, REG).eval()
+
+
+@pytest.fixture
+def tiles(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        write_image(tmp_path / "tiles" / "images" / f"t{i}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+        write_image(tmp_path / "tiles" / "masks" / f"t{i}.png", rng.integers(0, 3, (32, 32), dtype=np.uint8))
+        rows.append({"name": f"t{i}", "split": "train", "image": f"images/t{i}.png", "mask": f"masks/t{i}.png",
+                     "group": "g", "prompt": "a satellite image of road tree water"})
+    manifest = pd.DataFrame(rows)
+    pool = references.build_pool(manifest, None, "source")
+    plan = references.plan_synthesis(manifest, pool, references.PairingConfig(refs_per_mask=2, seeds_per_pair=2))
+    return TileSet(tmp_path / "tiles"), plan
+
+
+SETTINGS = synthesis.SynthesisSettings(sample={"steps": 2, "guidance_scale": 2.0, "batch_size": 3}, chunk=5)
+
+
+def run(folder, model, plan, tiles, settings=SETTINGS, version="v1"):
+    return synthesis.write_synthetic_images(folder, model, plan, {"source": tiles}, settings, version)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "images").glob("*"))}
+
+
+def test_interrupted_run_resumes_without_duplicates(tmp_path, model, tiles, monkeypatch):
+    tileset, plan = tiles
+    assert len(plan) == 16
+    full = tmp_path / "full"
+    assert run(full, model, plan, tileset) == 16
+    reference = files(full)
+    assert len(reference) == 16
+
+    # kill the run while it writes the 8th image: 7 finished files, no partial one
+    calls = {"n": 0}
+    real_write = synthesis.write_image
+
+    def dying_write(path, array, **kw):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        real_write(path, array, **kw)
+
+    monkeypatch.setattr(synthesis, "write_image", dying_write)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        run(part, model, plan, tileset)
+    assert len(files(part)) == 7
+    monkeypatch.setattr(synthesis, "write_image", real_write)
+
+    made = run(part, model, plan, tileset)
+    assert made == 9  # only what was missing
+    assert files(part) == reference  # same images, byte for byte
+    assert [p.name for p in part.rglob("*tmp*")] == []
+    assert run(part, model, plan, tileset) == 0  # nothing left to do
+    manifest = synthesis.index_synthetic(TileSet(part), plan, "png")
+    assert len(manifest) == 16 and manifest["name"].is_unique and set(manifest["generator_version"]) == {"v1"}
+
+
+def test_shards_and_batch_size_do_not_change_pixels(tmp_path, model, tiles):
+    tileset, plan = tiles
+    one = tmp_path / "one"
+    run(one, model, plan, tileset)
+    sharded = tmp_path / "sharded"
+    for i in range(3):
+        s = synthesis.SynthesisSettings(sample={**SETTINGS.sample, "batch_size": 2}, chunk=4, shard_index=i, shard_count=3)
+        run(sharded, model, plan, tileset, s)
+    assert files(sharded) == files(one)
+    # a shard alone indexes only what exists
+    lone = tmp_path / "lone"
+    run(lone, model, plan, tileset, synthesis.SynthesisSettings(sample=SETTINGS.sample, shard_index=0, shard_count=4))
+    assert len(synthesis.index_synthetic(TileSet(lone), plan, "png")) == 4
+
+
+def test_a_new_generator_or_sampler_makes_old_images_stale(tmp_path, model, tiles):
+    tileset, plan = tiles
+    folder = tmp_path / "syn"
+    run(folder, model, plan.head(4), tileset)
+    assert run(folder, model, plan.head(4), tileset) == 0
+    assert run(folder, model, plan.head(4), tileset, version="v2") == 4
+    other = synthesis.SynthesisSettings(sample={**SETTINGS.sample, "guidance_scale": 5.0}, chunk=5)
+    assert run(folder, model, plan.head(4), tileset, other, version="v2") == 4
+    # batch size is not part of the fingerprint: nothing to redo
+    again = synthesis.SynthesisSettings(sample={**SETTINGS.sample, "guidance_scale": 5.0, "batch_size": 1}, chunk=2)
+    assert run(folder, model, plan.head(4), tileset, again, version="v2") == 0
+
+
+def test_images_depend_on_their_conditions(tmp_path, model, tiles):
+    tileset, plan = tiles
+    run(tmp_path / "s", model, plan, tileset)
+    imgs = {n: read_image(tmp_path / "s" / synthesis.image_path(n, "png")) for n in plan["name"]}
+    assert len({v.tobytes() for v in imgs.values()}) == len(imgs)  # every (mask, Ref, seed) differs
+
+
+def test_generator_version_is_a_content_hash(model):
+    v1 = synthesis.generator_version(model)
+    assert v1 == synthesis.generator_version(model)
+    with torch.no_grad():
+        next(model.aia.parameters()).add_(1.0)
+    assert synthesis.generator_version(model) != v1
+    with torch.no_grad():
+        next(model.aia.parameters()).sub_(1.0)
+
+
+def test_bad_synthesis_settings():
+    with pytest.raises(ValueError, match="shard"):
+        synthesis.SynthesisSettings.from_params({"shard": {"index": 2, "count": 2}})
+    with pytest.raises(ValueError, match="image_format"):
+        synthesis.SynthesisSettings.from_params({"image_format": "webp"})
+
+
+def test_checkpoint_folders_are_resumed_only_by_the_same_run(tmp_path):
+    params = {"common": {"seed": 0, "batch_size": 4}, "base": {"steps": 10, "learning_rate": 1e-3},
+              "A": {"steps": 5}, "B": {"steps": 5}}
+    data_fp = generator_runs.data_fingerprint({"preset": "tiny"}, ["a", "b"])
+    fps = []
+    upstream = data_fp
+    for stage in generator_runs.STAGES:
+        own, upstream = generator_runs.stage_fingerprints(upstream, generator_runs.stage_config(params, stage, {}))
+        fps.append(own)
+    # more steps for a stage keep its own fingerprint (resume and continue) but change the next stages'
+    longer = {**params, "base": {"steps": 20, "learning_rate": 1e-3}}
+    own_base, up = generator_runs.stage_fingerprints(data_fp, generator_runs.stage_config(longer, "base", {}))
+    own_a, _ = generator_runs.stage_fingerprints(up, generator_runs.stage_config(longer, "A", {}))
+    assert own_base == fps[0] and own_a != fps[1]
+    # other data -> other fingerprints
+    assert generator_runs.data_fingerprint({"preset": "tiny"}, ["a", "c"]) != data_fp
+
+    folder = tmp_path / "stage_A"
+    generator_runs.prepare_checkpoint_dir(folder, fps[1])
+    (folder / "step-00000005").mkdir()
+    generator_runs.prepare_checkpoint_dir(folder, fps[1])
+    assert (folder / "step-00000005").is_dir()  # same run: kept for resuming
+    generator_runs.prepare_checkpoint_dir(folder, own_a)
+    assert not (folder / "step-00000005").exists()  # another run: cleared
