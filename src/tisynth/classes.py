@@ -58,6 +58,8 @@ class ClassRegistry:
     ignore_color: tuple[int, int, int] = (0, 0, 0)
     source: str = "parameters"
     _lut: np.ndarray = field(init=False, repr=False, compare=False)
+    _lut8: np.ndarray = field(init=False, repr=False, compare=False)
+    _lut8_complete: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._validate()
@@ -67,14 +69,19 @@ class ClassRegistry:
         if self.ignore_id is not None:
             lut[self.ignore_id] = IGNORE_INDEX
         object.__setattr__(self, "_lut", lut)
+        # uint8 masks: unknown raw values map to 254, an index no registry uses (at most 254 classes
+        # fit beside it and the ignore index), checked against the full table only when it shows up
+        lut8 = np.where(lut[:256] < 0, 254, lut[:256]).astype(np.uint8)
+        object.__setattr__(self, "_lut8", lut8)
+        object.__setattr__(self, "_lut8_complete", bool((lut[:256] >= 0).all()))
 
     # ------------------------------------------------------------------ construction
     def _validate(self) -> None:
         where = f"class table {self.source}"
         if not self.classes:
             raise RegistryError(f"{where}: no classes (only an ignore entry or nothing at all)")
-        if len(self.classes) > 255:
-            raise RegistryError(f"{where}: {len(self.classes)} classes; at most 255 fit next to the ignore index 255")
+        if len(self.classes) > 254:
+            raise RegistryError(f"{where}: {len(self.classes)} classes; at most 254 fit beside the ignore index 255")
         seen_ids: dict[int, str] = {}
         seen_names: dict[str, int] = {}
         seen_colors: dict[tuple[int, int, int], str] = {}
@@ -297,6 +304,18 @@ class ClassRegistry:
                 raw = raw.astype(np.int64)
             else:
                 raise RegistryError(f"{where}: mask dtype {raw.dtype} is not integer")
+        if raw.dtype == np.uint8:  # the common case: a 256-entry table
+            out = self._lut8[raw]
+            if self._lut8_complete or (out != 254).all():
+                return out.view(np.uint8) if out.dtype == np.uint8 else out.astype(np.uint8)
+            bad = np.unique(raw[out == 254])
+            bad = bad[self._lut[bad] < 0]
+            if len(bad):
+                known = self.ids + ([self.ignore_id] if self.ignore_id is not None else [])
+                raise RegistryError(
+                    f"{where}: value(s) {bad[:10].tolist()} not in the class registry (known ids {known})"
+                )
+            return out
         if raw.size and (raw.min() < 0 or raw.max() > 65535):
             raise RegistryError(f"{where}: mask values {raw.min()}..{raw.max()} outside 0..65535")
         out = self._lut[raw.astype(np.int64, copy=False)]

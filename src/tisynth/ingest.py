@@ -83,6 +83,8 @@ class IngestConfig:
     split_fractions: Mapping[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
     split_by: str = "tile"  # tile | source (all tiles of a source in one split)
     workers: int = 2
+    chunk_tiles: int = 64  # tiles per unit of work of a writer thread
+    compress: str = "deflate"  # GeoTIFF tile codec: deflate | lzw | zstd | none
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> IngestConfig:
@@ -99,7 +101,11 @@ class IngestConfig:
             split_fractions=dict(split.get("fractions") or {"train": 0.7, "val": 0.15, "test": 0.15}),
             split_by=split.get("by", "tile"),
             workers=int(params.get("workers", 2)),
+            chunk_tiles=int(params.get("chunk_tiles", 64)),
+            compress=str(params.get("compress", "deflate")),
         )
+        if cfg.compress not in ("deflate", "lzw", "zstd", "none"):
+            raise DataError(f"ingest.compress must be deflate, lzw, zstd or none, got {cfg.compress!r}")
         if cfg.edge not in EDGE_MODES:
             raise DataError(f"ingest.edge must be one of {EDGE_MODES}, got {cfg.edge!r}")
         if cfg.image_format not in ("auto", "png", "tif"):
@@ -436,46 +442,59 @@ def manifest_from_plan(plan: pd.DataFrame, registry: ClassRegistry, icfg: Ingest
     return m.reset_index(drop=True)
 
 
-def _write_source(group: pd.DataFrame, registry: ClassRegistry, dcfg: DatasetConfig, out: Path) -> int:
-    first = group.iloc[0]
+def _write_chunk(rows: pd.DataFrame, stretch: tuple[float, float] | None, registry: ClassRegistry,
+                 dcfg: DatasetConfig, icfg: IngestConfig, out: Path) -> int:
+    """Write the tiles of ``rows`` (all of one source) with their own file handles."""
+    first = rows.iloc[0]
     with RasterSource(first["source_image"], dcfg.bands) as img:
         msk = RasterSource(first["source_mask"]) if first["source_mask"] is not None else None
         try:
-            stretch = img.stretch_range()
             fill = img.nodata if img.nodata is not None else 0
-            for row in group.itertuples(index=False):
+            for row in rows.itertuples(index=False):
                 w = Window(int(row.row_off), int(row.col_off), int(row.height), int(row.width))
                 where = f"{img.path} window {w}"
                 rgb = to_rgb8(img.read(w, fill=fill), stretch, where)
                 image_path = out / row.image
                 if image_path.suffix == ".tif":
                     write_geotiff(image_path, rgb, crs=img.crs if img.georeferenced else None,
-                                  transform=img.window_transform(w) if img.georeferenced else None)
+                                  transform=img.window_transform(w) if img.georeferenced else None,
+                                  compress=icfg.compress)
                 else:
                     write_image(image_path, rgb)
                 if msk is not None:
                     mask = _tile_mask(registry, msk, img.valid_mask(w), w)
                     write_image(out / row.mask, mask)
-            return len(group)
+            return len(rows)
         finally:
             if msk is not None:
                 msk.close()
 
 
 def write_tiles(manifest: pd.DataFrame, registry: ClassRegistry, dcfg: DatasetConfig, icfg: IngestConfig, out: Path) -> None:
-    """Write every tile of ``manifest`` under ``out`` (``images/``, ``masks/``)."""
+    """Write every tile of ``manifest`` under ``out`` (``images/``, ``masks/``).
+
+    Work is split into chunks of tiles of one source, written by ``icfg.workers`` threads,
+    each with its own file handles (GDAL releases the GIL while it reads, decodes and
+    compresses); a scene-wide 8-bit stretch is computed once per source.
+    """
     (out / "images").mkdir(parents=True, exist_ok=True)
     if manifest["mask"].notna().any():
         (out / "masks").mkdir(parents=True, exist_ok=True)
-    groups = [g for _, g in manifest.groupby("source_image", sort=False)]
+    tasks = []
+    for source, group in manifest.groupby("source_image", sort=False):
+        with RasterSource(source, dcfg.bands) as img:
+            stretch = img.stretch_range()
+        picture = Path(source).suffix.lower() not in (".tif", ".tiff")  # held in memory whole: one chunk
+        size = len(group) if picture else max(1, min(icfg.chunk_tiles, -(-len(group) // max(1, icfg.workers))))
+        tasks += [(group.iloc[i : i + size], stretch) for i in range(0, len(group), size)]
     with tqdm(total=len(manifest), desc="writing tiles", unit="tile") as bar:
-        if icfg.workers > 1 and len(groups) > 1:
+        if icfg.workers > 1 and len(tasks) > 1:
             with ThreadPoolExecutor(icfg.workers) as pool:
-                for n in pool.map(lambda g: _write_source(g, registry, dcfg, out), groups):
+                for n in pool.map(lambda t: _write_chunk(t[0], t[1], registry, dcfg, icfg, out), tasks):
                     bar.update(n)
         else:
-            for g in groups:
-                bar.update(_write_source(g, registry, dcfg, out))
+            for rows, stretch in tasks:
+                bar.update(_write_chunk(rows, stretch, registry, dcfg, icfg, out))
 
 
 def public_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
