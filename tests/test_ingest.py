@@ -321,3 +321,17 @@ def test_tisynth_demo_sixteen_bit_mask(tmp_path, shared_data):
     assert set(np.unique(tile)) == {2, 14, 17, 20, 255}
     export = ingest.tisynth_jsonl(manifest).iloc[0].to_dict()
     assert set(record) - {"ref_image"} <= set(export)
+
+
+def test_gid5_folder_dataset_ingests_with_its_split_and_class_shares(tmp_path, shared_data):
+    """All 1,391 real tiles, the fixed split, and the class shares of the dataset's README."""
+    registry, manifest, problems = run_ingest(shared_data / "gid5", tmp_path / "tiles", tile_size=None)
+    assert len(manifest) == 1391 and problems.empty
+    assert manifest["split"].value_counts().to_dict() == {"train": 985, "test": 204, "val": 202}
+    assert registry.names == ["built-up", "farmland", "forest", "meadow", "water"] and registry.ignore_id == 5
+    stats = ingest.class_statistics(manifest, registry)
+    shares = stats[stats["split"] == "all"].set_index("class")["share"]
+    readme = {"built-up": 16.6, "farmland": 23.9, "forest": 10.3, "meadow": 5.2, "water": 28.4, "unlabeled": 15.6}
+    for name, share in readme.items():
+        assert 100 * shares[name] == pytest.approx(share, abs=0.1), name
+    assert set(manifest["group"]) == {"builtup", "farmland", "forest", "meadow", "water"}

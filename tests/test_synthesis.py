@@ -130,6 +130,15 @@ def test_generator_version_is_a_content_hash(model):
         next(model.aia.parameters()).sub_(1.0)
 
 
+def test_accelerate_processes_take_the_shard_of_their_rank():
+    env = {"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "2"}
+    cfg = synthesis.SynthesisSettings.from_params({}, env=env)
+    assert (cfg.shard_index, cfg.shard_count) == (2, 4)
+    explicit = synthesis.SynthesisSettings.from_params({"shard": {"index": 1, "count": 3}}, env=env)
+    assert (explicit.shard_index, explicit.shard_count) == (1, 3)
+    assert synthesis.SynthesisSettings.from_params({}, env={}).shard_count == 1
+
+
 def test_bad_synthesis_settings():
     with pytest.raises(ValueError, match="shard"):
         synthesis.SynthesisSettings.from_params({"shard": {"index": 2, "count": 2}})

@@ -8,8 +8,9 @@
 * a fingerprint of the generator and of the sampling settings is kept beside the images; when
   either changes, the old images are stale and are removed before sampling starts;
 * ``shard_index``/``shard_count`` split the plan between processes or machines that write into
-  the same folder (each takes every ``shard_count``-th item); a final unsharded run then finds
-  everything done and indexes the set.
+  the same folder (each takes every ``shard_count``-th item); under ``accelerate launch`` each
+  process takes the shard of its rank. A final single-process run then finds everything done
+  and indexes the whole set.
 
 Every image depends only on its (mask, Ref, prompt, seed), so neither the batch size nor the
 sharding changes any pixel.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,8 +49,14 @@ class SynthesisSettings:
     shard_count: int = 1
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> SynthesisSettings:
-        shard = params.get("shard") or {}
+    def from_params(cls, params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> SynthesisSettings:
+        """Settings from ``params:sample``. Under ``accelerate launch`` (``WORLD_SIZE`` > 1 in the
+        environment) and without an explicit shard, each process takes the shard of its rank."""
+        shard = dict(params.get("shard") or {})
+        env = os.environ if env is None else env
+        world = int(env.get("WORLD_SIZE", "1"))
+        if world > 1 and int(shard.get("count", 1)) == 1:
+            shard = {"index": int(env.get("RANK", "0")), "count": world}
         cfg = cls(
             sample=dict(params.get("sampler") or {}),
             chunk=int(params.get("chunk", 32)),
