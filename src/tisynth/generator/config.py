@@ -56,11 +56,11 @@ Top-level keys:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
 from tisynth.classes import DEFAULT_PROMPT_TEMPLATE
+from tisynth.dicts import deep_merge
 
 
 class GeneratorConfigError(ValueError):
@@ -213,17 +213,6 @@ TOP_LEVEL_KEYS = frozenset(
 )
 
 _REPLACED_WHOLE = frozenset({"autoencoder"})  # a different autoencoder type must not inherit keys
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge: ``override`` wins; nested dicts merge, everything else is replaced."""
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def resolve_generator_config(config: Mapping[str, Any] | None = None) -> dict[str, Any]:

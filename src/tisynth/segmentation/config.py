@@ -23,7 +23,6 @@ dumped config with mmseg's distributed launcher themselves.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry
+from tisynth.dicts import deep_merge
 
 MODEL_TYPES = ("segformer", "unet", "pspnet_r50")
 OPTIMIZERS = ("AdamW", "SGD", "Adam")
@@ -483,17 +483,6 @@ def _pspnet_r50(model: ModelConfig, num_classes: int) -> dict[str, Any]:
         "decode_head": head,
         "auxiliary_head": _aux_fcn_head(model, 1024, 2, 256, num_classes),
     }
-
-
-def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base`` (dicts merge, other values replace)."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def build_model_config(config: SegmenterConfig, registry: ClassRegistry) -> dict[str, Any]:
