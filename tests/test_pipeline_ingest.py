@@ -78,3 +78,31 @@ def test_demo_writer_never_overwrites_real_data(kedro_project, tmp_path):
     with pytest.raises(Exception, match="refusing to write generated data"):
         run_kedro(kedro_project, ["ingest"], params={"dataset": {"root": str(root)}})
     assert (root / "images" / "t0.jpg").is_file()
+
+
+def test_each_project_keeps_its_own_mlflow_store_within_one_process(kedro_project, tmp_path, monkeypatch):
+    """``sqlite:///mlflow.db`` is anchored at the project root: a second project run from the same
+    process (and from another working directory) must not write into the first one's store."""
+    import shutil
+
+    run_kedro(kedro_project, ["ingest"])
+    other = tmp_path / "other"
+    shutil.copytree(kedro_project, other, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", "data"))
+    for layer in ("01_raw", "02_intermediate", "03_primary", "08_reporting"):
+        (other / "data" / layer).mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run_kedro(other, ["ingest"])
+    assert mlflow_runs(kedro_project) == [("ingest", "FINISHED")]
+    assert mlflow_runs(other) == [("ingest", "FINISHED")]
+    assert not (elsewhere / "mlflow.db").exists()
+
+
+def test_relative_sqlite_stores_are_anchored_at_the_project(tmp_path):
+    from tisynth.hooks import anchor_sqlite_uri
+
+    assert anchor_sqlite_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert anchor_sqlite_uri("sqlite:////srv/mlflow.db", tmp_path) == "sqlite:////srv/mlflow.db"
+    assert anchor_sqlite_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    assert anchor_sqlite_uri(None, tmp_path) is None

@@ -12,3 +12,8 @@ CONFIG_LOADER_ARGS = {
     # an environment (conf/folder, conf/local, ...) overrides single parameter keys, not whole blocks
     "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
 }
+
+from tisynth.hooks import MlflowStoreHook  # noqa: E402
+
+# relative SQLite MLflow stores are anchored at the project root (before kedro-mlflow starts)
+HOOKS = (MlflowStoreHook(),)

@@ -1,0 +1,40 @@
+"""Project hooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+_URI_KEYS = ("mlflow_tracking_uri", "mlflow_registry_uri")
+
+
+def anchor_sqlite_uri(uri: str | None, project_path: Path) -> str | None:
+    """``sqlite:///mlflow.db`` names a file relative to the working directory; anchor such a
+    relative SQLite file at the project root so that every run of a project lands in its own
+    store, whichever folder ``kedro`` is started from. Other URIs pass through unchanged."""
+    prefix = "sqlite:///"
+    if not isinstance(uri, str) or not uri.startswith(prefix):
+        return uri
+    path = uri[len(prefix):]
+    if not path or path.startswith("/") or path == ":memory:":
+        return uri
+    return prefix + str((Path(project_path) / path).resolve())
+
+
+class MlflowStoreHook:
+    """Runs before kedro-mlflow reads ``mlflow.yml`` and rewrites relative SQLite stores."""
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: Any) -> None:
+        loader = context.config_loader
+        try:
+            conf = loader["mlflow"]
+        except Exception:  # no mlflow.yml: kedro-mlflow falls back to its own default
+            return
+        server = dict(conf.get("server") or {})
+        changed = {key: anchor_sqlite_uri(server.get(key), context.project_path) for key in _URI_KEYS
+                   if server.get(key) is not None}
+        if any(changed[key] != server[key] for key in changed):
+            loader["mlflow"] = {**conf, "server": {**server, **changed}}
