@@ -199,7 +199,9 @@ class RasterSource:
 
 
 def to_rgb8(data: np.ndarray, stretch: tuple[float, float] | None, where: str) -> np.ndarray:
-    """Image window -> uint8 (h, w, 3): first three bands, grey repeated, stretched if needed."""
+    """Image window -> uint8 (h, w, 3): first three bands, grey repeated, stretched if needed.
+
+    The result may be a strided view of ``data``."""
     if data.ndim == 2:
         data = np.repeat(data[..., None], 3, axis=2)
     if data.shape[2] == 1:
@@ -208,7 +210,9 @@ def to_rgb8(data: np.ndarray, stretch: tuple[float, float] | None, where: str) -
         raise DataError(f"{where}: image has 2 bands; need 1 or at least 3")
     data = data[..., :3]
     if data.dtype == np.uint8:
-        return np.ascontiguousarray(data)
+        # a (h, w, 3) view of rasterio's band-first array: GeoTIFF writing moves the axis back
+        # without a copy (PNG/JPEG encoders copy anyway)
+        return data
     if stretch is None:
         return to_uint8(data)
     lo, hi = stretch
