@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 _URI_KEYS = ("mlflow_tracking_uri", "mlflow_registry_uri")
@@ -31,7 +32,7 @@ class MlflowStoreHook:
         loader = context.config_loader
         try:
             conf = loader["mlflow"]
-        except Exception:  # no mlflow.yml: kedro-mlflow falls back to its own default
+        except (MissingConfigException, KeyError):  # no mlflow.yml: kedro-mlflow uses its defaults
             return
         server = dict(conf.get("server") or {})
         changed = {key: anchor_sqlite_uri(server.get(key), context.project_path) for key in _URI_KEYS
