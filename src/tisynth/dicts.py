@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 
@@ -17,3 +18,14 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def dataclass_from_mapping(cls: type, params: Mapping[str, Any] | None, error: type[Exception], message: str) -> Any:
+    """Build the dataclass ``cls`` from a mapping; unknown keys raise ``error`` with
+    ``message`` followed by the unknown and the allowed keys."""
+    params = dict(params or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise error(f"{message} {unknown}; allowed: {sorted(known)}")
+    return cls(**params)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
+from tisynth.dicts import dataclass_from_mapping
 from tisynth.generator.data import images_to_uint8, uint8_to_images
 from tisynth.generator.model import MODES, TISynthGenerator
 
@@ -75,12 +76,7 @@ class SampleConfig:
     def from_dict(cls, config: Mapping[str, Any] | SampleConfig | None) -> SampleConfig:
         if isinstance(config, SampleConfig):
             return config
-        config = dict(config or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(config) - known
-        if unknown:
-            raise SamplingError(f"unknown sampling key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-        cfg = cls(**config)
+        cfg = dataclass_from_mapping(cls, config, SamplingError, "unknown sampling key(s)")
         cfg.validate()
         return cfg
 

@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,6 +52,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from tisynth.dicts import dataclass_from_mapping
 from tisynth.generator.augment import RefAugment
 from tisynth.generator.data import TileDataset, collate_items, images_to_uint8
 from tisynth.generator.model import STAGES, TISynthGenerator
@@ -139,12 +140,7 @@ class TrainConfig:
     def from_dict(cls, config: Mapping[str, Any] | TrainConfig | None) -> TrainConfig:
         if isinstance(config, TrainConfig):
             return config
-        config = dict(config or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(config) - known
-        if unknown:
-            raise TrainingError(f"unknown training key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-        cfg = cls(**config)
+        cfg = dataclass_from_mapping(cls, config, TrainingError, "unknown training key(s)")
         cfg.validate()
         return cfg
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry
-from tisynth.dicts import deep_merge
+from tisynth.dicts import dataclass_from_mapping, deep_merge
 
 MODEL_TYPES = ("segformer", "unet", "pspnet_r50")
 OPTIMIZERS = ("AdamW", "SGD", "Adam")
@@ -47,12 +47,7 @@ class ConfigError(ValueError):
 
 def _from_mapping(cls: type, params: Mapping[str, Any] | None, where: str) -> Any:
     """Build a dataclass from a mapping; unknown keys are an error naming ``where``."""
-    params = dict(params or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    return cls(**params)
+    return dataclass_from_mapping(cls, params, ConfigError, f"{where}: unknown key(s)")
 
 
 @dataclass(frozen=True)
