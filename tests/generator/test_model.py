@@ -173,3 +173,41 @@ def test_build_from_a_pretrained_base_folder(registry, tmp_path):
     again = TISynthGenerator.from_pretrained(tmp_path / "gen")
     with torch.no_grad():
         assert torch.equal(again.predict_noise(**x), model.predict_noise(**x))
+
+
+@pytest.mark.parametrize("zero_init", [True, False])
+@torch.no_grad()
+def test_mask_hint_init_keeps_the_model_unchanged_at_step_zero(registry, zero_init):
+    model = build_generator({"preset": "tiny", "mask_hint_zero_init": zero_init}, registry, seed=0)
+    hint_out = model.mask_controlnet.controlnet_cond_embedding.conv_out.weight
+    assert bool((hint_out == 0).all()) == zero_init
+    x = _batch(model, 2, 64, 64)
+    # the ControlNet's output convs start at zero either way: control mode = the base at step 0
+    assert torch.equal(model.predict_noise(**x, mode="controlnet"), model.predict_noise(**x, mode="base"))
+    # with a non-zero hint conv the mask already reaches the ControlNet's features
+    feats = {}
+    for m in (0, 1):
+        masks = torch.full((2, 64, 64), m, dtype=torch.uint8)
+        feats[m] = model.mask_controlnet.controlnet_cond_embedding(model.encode_control(masks))
+    assert torch.equal(feats[0], feats[1]) == zero_init
+
+
+def test_controlnets_restart_from_the_current_unet(registry):
+    model = build_generator({"preset": "tiny"}, registry, seed=0)
+    hint_before = {n: p.clone() for n, p in model.mask_controlnet.controlnet_cond_embedding.named_parameters()}
+    zero_before = [c.weight.clone() for c in model.ref_controlnet.controlnet_down_blocks]
+    with torch.no_grad():  # as if the base stage had trained the UNet
+        for p in model.unet.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    assert not torch.equal(model.mask_controlnet.down_blocks[0].resnets[0].conv1.weight,
+                           model.unet.down_blocks[0].resnets[0].conv1.weight)
+    for which, cn in (("mask", model.mask_controlnet), ("ref", model.ref_controlnet)):
+        model.controlnet_from_unet(which)
+        for part in ("conv_in", "time_embedding", "down_blocks", "mid_block"):
+            ours, theirs = getattr(cn, part).state_dict(), getattr(model.unet, part).state_dict()
+            assert all(torch.equal(ours[k], theirs[k]) for k in theirs), part
+    # hint encoder and output convs keep their own initialisation (identity convs of the Ref one)
+    assert all(torch.equal(p, hint_before[n]) for n, p in model.mask_controlnet.controlnet_cond_embedding.named_parameters())
+    assert all(torch.equal(c.weight, w) for c, w in zip(model.ref_controlnet.controlnet_down_blocks, zero_before))
+    with pytest.raises(GeneratorError, match="'mask' or 'ref'"):
+        model.controlnet_from_unet("both")

@@ -218,3 +218,17 @@ def test_mlflow_callback_logs_only_inside_a_run(monkeypatch):
     cb({"event": "samples", "step": 4, "grid": np.zeros((8, 8, 3), np.uint8)})
     assert calls[0] == ("metrics", {"gen_B/loss": 0.5, "gen_B/lr": 1e-4, "gen_B/effective_batch_size": 8.0, "gen_B/samples_per_second": 2.0}, 3)
     assert calls[1] == ("image", (8, 8, 3), "gen_B/samples/step_00000004.png")
+
+
+@pytest.mark.parametrize("from_unet", [True, False])
+def test_stage_a_starts_from_the_base_as_trained(registry, tiles, tmp_path, from_unet):
+    model = build_generator({"preset": "tiny"}, registry)
+    train_generator(model, tiles, {**FAST, "stage": "base", "steps": 2}, tmp_path / "base")
+    cn, unet = model.mask_controlnet.down_blocks.state_dict(), model.unet.down_blocks.state_dict()
+    assert max(float((cn[k] - unet[k]).abs().max()) for k in unet) > 1e-4  # the build-time copy is stale
+    # a vanishing learning rate: after one step the ControlNet is (to 1e-9) where stage A started it
+    cfg = {**FAST, "stage": "A", "steps": 1, "learning_rate": 1e-12, "controlnet_from_unet": from_unet}
+    train_generator(model, tiles, cfg, tmp_path / "A")
+    cn = model.mask_controlnet.down_blocks.state_dict()
+    gap = max(float((cn[k] - unet[k]).abs().max()) for k in unet)
+    assert (gap < 1e-9) == from_unet, gap

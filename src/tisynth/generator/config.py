@@ -36,6 +36,12 @@ Top-level keys:
     must match the autoencoder's factor. ``None`` derives them from SD's (16, 32, 96, 256).
 ``ref_hint_channels``
     channels of the Ref ControlNet's stride-1 hint encoder over the Ref latent.
+``mask_hint_zero_init``
+    ``True`` (ControlNet's rule, the paper, ``sd15``): the last conv of the mask hint encoder
+    starts at zero, like the output convs. The mask then reaches the loss through two factors
+    that are both zero, and the hint encoder gets no gradient until the output convs have grown
+    (ControlNet's slow "sudden convergence"). ``False`` (``tiny``, ``small``): that conv gets
+    the default initialisation; the output convs alone keep the model unchanged at step 0.
 ``train_mid_aia``
     ``True`` (default): the middle block has an AIA site and stage B trains it (the released
     code builds one but, through a ``no_grad`` bug, never trains it; METHOD §2.6). ``False``:
@@ -88,6 +94,7 @@ _COMMON: dict[str, Any] = {
     "scheduler": _SCHEDULER,
     "control_encoding": "onehot",
     "mask_hint_channels": None,
+    "mask_hint_zero_init": True,
     "train_mid_aia": True,
     "mask_residual": False,
     "aia_heads": None,
@@ -106,6 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "autoencoder": {"type": "space_to_depth", "factor": 4, "scale": 2.0},
         "scheduler": {"prediction_type": "v_prediction"},
         "mask_residual": True,
+        "mask_hint_zero_init": False,
         "unet": {
             "block_out_channels": [64, 96, 96],
             "layers_per_block": 1,
@@ -132,6 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "autoencoder": {"type": "space_to_depth", "factor": 4, "scale": 2.0},
         "scheduler": {"prediction_type": "v_prediction"},
         "mask_residual": True,
+        "mask_hint_zero_init": False,
         "unet": {
             "block_out_channels": [64, 128, 192],
             "layers_per_block": 1,
@@ -204,6 +213,7 @@ TOP_LEVEL_KEYS = frozenset(
         "scheduler",
         "control_encoding",
         "mask_hint_channels",
+        "mask_hint_zero_init",
         "ref_hint_channels",
         "train_mid_aia",
         "mask_residual",

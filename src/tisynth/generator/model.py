@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,27 @@ def init_output_convs_identity(controlnet: ControlNetModel) -> None:
             c = conv.weight.shape[0]
             conv.weight.copy_(torch.eye(c, dtype=conv.weight.dtype).view(c, c, 1, 1))
             conv.bias.zero_()
+
+
+_ENCODER_PARTS = ("conv_in", "time_proj", "time_embedding", "class_embedding", "add_embedding", "down_blocks", "mid_block")
+
+
+def copy_unet_encoder(controlnet: ControlNetModel, unet: UNet2DConditionModel, only: Collection[str] | None = None) -> None:
+    """Load the UNet's encoder into a ControlNet: what ``ControlNetModel.from_unet`` copies.
+
+    Input conv, time embedding (and class/added embeddings when present), down blocks and
+    middle block; the hint encoder and the output convs keep their weights. ``only``: copy just
+    these ControlNet tensors (names relative to the ControlNet), e.g. the ones a stage trains.
+    """
+    with torch.no_grad():
+        for part in _ENCODER_PARTS:
+            mine, theirs = getattr(controlnet, part, None), getattr(unet, part, None)
+            if mine is None or theirs is None:
+                continue
+            source = theirs.state_dict()
+            for key, tensor in mine.state_dict(keep_vars=True).items():
+                if only is None or f"{part}.{key}" in only:
+                    tensor.copy_(source[key])
 
 
 def hint_factor(controlnet: ControlNetModel) -> int:
@@ -435,6 +456,18 @@ class TISynthGenerator(nn.Module):
         # features stay in the store until the next call so that checkpointed blocks can recompute
         return self.unet(sample, timesteps, text, return_dict=False)[0]
 
+    def controlnet_from_unet(self, which: str, only: Collection[str] | None = None) -> None:
+        """Start the ``mask`` or ``ref`` ControlNet as a copy of the UNet's current encoder.
+
+        A ControlNet is a trainable copy of the encoder of the base it steers. The build copies
+        the UNet as it is then; when the base is trained first (stage ``base``, from scratch)
+        the copy taken at build time is of random weights, so stages A and B call this first.
+        With a pretrained, untouched base it changes nothing. ``only``: see :func:`copy_unet_encoder`.
+        """
+        if which not in ("mask", "ref"):
+            raise GeneratorError(f"which must be 'mask' or 'ref', got {which!r}")
+        copy_unet_encoder(self.mask_controlnet if which == "mask" else self.ref_controlnet, self.unet, only)
+
     def clear_features(self) -> None:
         """Drop the AIA features kept from the last ``tisynth`` call."""
         self.features.clear()
@@ -622,6 +655,9 @@ def _build(cfg: dict[str, Any], registry: ClassRegistry) -> TISynthGenerator:
         conditioning_channels=control_channels(registry.num_classes, cfg["control_encoding"]),
         conditioning_embedding_out_channels=tuple(hint_channels_for_factor(factor, cfg.get("mask_hint_channels"))),
     )
+    if not cfg.get("mask_hint_zero_init", True):
+        # the output convs stay zero, so the model is still unchanged at initialisation
+        mask_cn.controlnet_cond_embedding.conv_out.reset_parameters()
     ref_hint = cfg.get("ref_hint_channels") or [16, 32, 96, 256]
     ref_cn = ControlNetModel.from_unet(
         unet, conditioning_channels=autoencoder.latent_channels, conditioning_embedding_out_channels=tuple(ref_hint)

@@ -103,6 +103,11 @@ class TrainConfig:
         find_unused_parameters: DDP option (not needed: only used parameters train).
         train_unet_decoder: stages A and B: also train the UNet's middle block, decoder and output
             layers (the authors' earlier "ftdecoder" variant; off by default, as in TISynth).
+        controlnet_from_unet: stages A and B: first copy the UNet's current encoder into the
+            stage's ControlNet (mask for A, Ref for B), so that it steers the base as trained,
+            not the random UNet it was copied from at build time (only the tensors the stage
+            trains are copied). No effect on a pretrained, untouched base; a resumed run then
+            loads its checkpoint over the copy.
     """
 
     stage: str = "B"
@@ -135,6 +140,7 @@ class TrainConfig:
     cpu: bool = False
     find_unused_parameters: bool = False
     train_unet_decoder: bool = False
+    controlnet_from_unet: bool = True
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | TrainConfig | None) -> TrainConfig:
@@ -447,6 +453,11 @@ def train_generator(
     names = model.set_trainable(cfg.stage, cfg.train_unet_decoder)
     if not names:
         raise TrainingError(f"stage {cfg.stage} has no trainable parameters in this model")
+    if cfg.controlnet_from_unet and cfg.stage in ("A", "B"):
+        which = "mask" if cfg.stage == "A" else "ref"
+        prefix = f"{which}_controlnet."
+        # only what this stage trains: parts it neither trains nor computes stay as they are
+        model.controlnet_from_unet(which, only={n[len(prefix):] for n in names if n.startswith(prefix)})
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing(True)
     model.to(device)
