@@ -191,6 +191,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads for the segmenters (null: default)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--smoke", action="store_true", help="tiny budgets: check the wiring")
+    p.add_argument("--reuse-synthetic", action="store_true",
+                   help="do not run `synthesize`: use the workspace's generator and synthetic data as they are "
+                        "(to add seeds or variants after the code changed)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     workspace = Path(args.workspace).resolve()
@@ -201,8 +204,15 @@ def main() -> int:
     (out / "params.json").write_text(json.dumps({**vars(args), "kedro_params": params}, indent=2, default=str))
 
     timings: dict[str, float] = {}
-    timings["synthesize"] = run_pipelines(workspace, params, ["synthesize"])
-    log.info("synthesize took %.0f s", timings["synthesize"])
+    if args.reuse_synthetic:
+        missing = [d for d in ("data/06_models/generator", "data/07_model_output/filtered_manifest.parquet")
+                   if not (workspace / d).exists()]
+        if missing:
+            raise SystemExit(f"--reuse-synthetic: {workspace} has no {', '.join(missing)}; run without it first")
+        log.info("reusing the generator and synthetic data in %s", workspace)
+    else:
+        timings["synthesize"] = run_pipelines(workspace, params, ["synthesize"])
+        log.info("synthesize took %.0f s", timings["synthesize"])
 
     from tisynth.segmentation.experiment import AUGMENTED, BASELINE, run_comparison
     from tisynth.segmentation.pairs import Pair, pairs_from_manifest, synthetic_pairs_from_manifest
