@@ -31,11 +31,9 @@ import numpy as np
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from experiment import session
+from experiment import quality_proxy, session
 from tisynth.generator import TileDataset, collate_items, sample_images, train_generator
 from tisynth.generator.data import images_to_uint8
-from tisynth.generator.model import copy_unet_encoder
-from tisynth.metrics import ConfusionAccumulator
 
 TRIALS = {  # name: (copy the trained UNet, non-zero last hint conv, timesteps)
     "random_zero": (False, False, None),
@@ -76,11 +74,8 @@ def main() -> int:
     }
 
     def score(images: np.ndarray) -> str:
-        acc = ConfusionAccumulator(registry.num_classes)
-        for image, mask in zip(images, masks):
-            acc.update(mask, segmenter.predict(image)[0])
-        r = acc.result()
-        return f"{100 * r.miou:.1f} / {100 * r.oa:.1f}"
+        r = quality_proxy(segmenter, list(zip(images, masks)), registry.num_classes)
+        return f"{100 * r['mIoU']:.1f} / {100 * r['OA']:.1f}"
 
     def evaluate() -> list[str]:
         cells = []

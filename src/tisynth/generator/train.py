@@ -61,6 +61,7 @@ from tisynth.io import write_json_atomic
 
 Callback = Callable[[dict[str, Any]], None]
 STAGE_MODES = {"base": "base", "A": "controlnet", "B": "tisynth"}
+STAGE_CONTROLNETS = {"A": "mask", "B": "ref"}  # the ControlNet each stage trains
 CHECKPOINT_PREFIX = "step-"
 
 __all__ = ["TileDataset", "TrainConfig", "TrainResult", "train_generator", "latest_checkpoint"]
@@ -453,8 +454,8 @@ def train_generator(
     names = model.set_trainable(cfg.stage, cfg.train_unet_decoder)
     if not names:
         raise TrainingError(f"stage {cfg.stage} has no trainable parameters in this model")
-    if cfg.controlnet_from_unet and cfg.stage in ("A", "B"):
-        which = "mask" if cfg.stage == "A" else "ref"
+    which = STAGE_CONTROLNETS.get(cfg.stage)
+    if cfg.controlnet_from_unet and which:
         prefix = f"{which}_controlnet."
         # only what this stage trains: parts it neither trains nor computes stay as they are
         model.controlnet_from_unet(which, only={n[len(prefix):] for n in names if n.startswith(prefix)})
