@@ -100,6 +100,7 @@ def test_one_mlflow_run_with_curves_figures_and_child_runs(chain):
     assert {"generator_base/loss", "generator_A/loss", "generator_B/loss", "generator_B/lr",
             "generator_B/effective_batch_size"} <= metrics
     assert {"segment.target.augmented.mIoU", "segment.test.baseline.mIoU"} <= metrics, sorted(metrics)
+    assert {"generator.mask_gain_t950", "generator.loss_true_mask_t950", "generator.loss_other_mask_t600"} <= metrics
     assert "train_generator.B.steps" in params and "dataset.kind" in params
     artifacts = Path(parent[0][3].removeprefix("file://"))
     names = {p.name for p in artifacts.rglob("*.png")}

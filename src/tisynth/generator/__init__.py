@@ -7,6 +7,7 @@ Public API (thin Kedro nodes call these):
 * :func:`train_generator` (stage ``A``, ``B`` or ``base``; checkpoints, resume, callback);
 * :func:`sample_images` (DDIM + classifier-free guidance, seeded per item);
 * :class:`RefAugment`, :class:`TileDataset`, :func:`encode_control`;
+* :func:`mask_use` (does a trained model use its masks? loss with true vs other masks);
 * autoencoders: :func:`build_autoencoder`, :func:`load_autoencoder`.
 """
 
@@ -22,6 +23,7 @@ from tisynth.generator.callbacks import MlflowCallback
 from tisynth.generator.config import PRESETS, resolve_generator_config
 from tisynth.generator.control import control_channels, encode_control
 from tisynth.generator.data import TileDataset, collate_items
+from tisynth.generator.diagnostics import mask_use
 from tisynth.generator.model import TISynthGenerator, build_generator
 from tisynth.generator.sample import SampleConfig, sample_images, sample_latents
 from tisynth.generator.train import TrainConfig, TrainResult, latest_checkpoint, train_generator
@@ -45,6 +47,7 @@ __all__ = [
     "encode_control",
     "latest_checkpoint",
     "load_autoencoder",
+    "mask_use",
     "resolve_generator_config",
     "sample_images",
     "sample_latents",

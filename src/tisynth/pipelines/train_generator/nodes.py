@@ -23,6 +23,7 @@ from tisynth.generator import (
     train_generator,
 )
 from tisynth.generator.data import images_to_uint8
+from tisynth.generator.diagnostics import DEFAULT_TIMESTEPS, DiagnosticsError, mask_use
 from tisynth.generator.sample import sample_grid
 from tisynth.io import TileSet
 
@@ -87,8 +88,9 @@ def train_stage_b(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: di
 def report_training(
     history_base: list[dict[str, Any]], history_a: list[dict[str, Any]], history_b: list[dict[str, Any]],
     model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
-) -> tuple[pd.DataFrame, Figure, Figure]:
-    """Loss curves of every stage, and mask | Ref | sample rows for held-out (val) tiles."""
+) -> tuple[pd.DataFrame, Figure, Figure, dict[str, Any]]:
+    """Loss curves of every stage, mask | Ref | sample rows for held-out (val) tiles, and how
+    much the model uses the masks (:func:`tisynth.generator.diagnostics.mask_use` as MLflow metrics)."""
     history = runs.history_frame({"base": history_base, "A": history_a, "B": history_b})
     report = params.get("report") or {}
     split = report.get("split", "val")
@@ -101,4 +103,26 @@ def report_training(
     samples = sample_images(model, masks, refs, batch["prompts"], list(range(len(data))),
                             {**dict(report.get("sample") or {}), "mode": "tisynth"})
     grid = sample_grid([np.stack([model.registry.colorize(m) for m in masks]), refs, samples])
-    return history, runs.loss_figure(history), runs.grid_figure(grid, f"{split} tiles: mask | Ref (own image) | sample")
+    return (history, runs.loss_figure(history), runs.grid_figure(grid, f"{split} tiles: mask | Ref (own image) | sample"),
+            _mask_use_metrics(model, tiles, rows, manifest, dict(report.get("mask_use") or {})))
+
+
+def _mask_use_metrics(model: Any, tiles: TileSet, rows: pd.DataFrame, manifest: pd.DataFrame,
+                      cfg: dict[str, Any]) -> dict[str, Any]:
+    n = int(cfg.get("tiles", 16))
+    if len(rows) < 2:  # too few held-out tiles: use the labelled tiles of every split
+        rows = manifest[manifest["mask"].notna()]
+    if n < 2 or len(rows) < 2:
+        log.info("mask-use check skipped (needs at least 2 labelled tiles and mask_use.tiles >= 2)")
+        return {}
+    data = TileDataset(tiles, rows.head(n), split=None)
+    batch = collate_items([data[i] for i in range(len(data))])
+    try:
+        result = mask_use(model, batch, cfg.get("timesteps") or DEFAULT_TIMESTEPS)
+    except DiagnosticsError as err:
+        log.warning("mask-use check skipped: %s", err)
+        return {}
+    log.info("mask use (%d tiles; loss with true vs other tiles' masks): %s", len(data), "; ".join(
+        f"t={r['t']:.0f} {r['loss_true_mask']:.4f} vs {r['loss_other_mask']:.4f}, gain {r['mask_gain']:.3f}" for r in result))
+    return {f"{key}_t{r['t']:.0f}": {"value": float(r[key]), "step": 0}
+            for r in result for key in ("mask_gain", "loss_true_mask", "loss_other_mask")}

@@ -21,6 +21,6 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(nodes.report_training,
                  ["generator_history_base", "generator_history_a", "generator_history_b", "generator", "tiles",
                   "tile_manifest", "params:train_generator"],
-                 ["generator_history", "generator_loss_plot", "generator_samples"], name="report_generator_training"),
+                 ["generator_history", "generator_loss_plot", "generator_samples", "generator_mask_use"], name="report_generator_training"),
         ]
     )
