@@ -67,6 +67,7 @@ def main() -> int:
     args = p.parse_args()
 
     ws = Path(args.workspace).resolve()
+    out = Path(args.out).resolve() if args.out else None  # before the session changes the working directory
     params = json.loads((ws / "results" / "params.json").read_text())["kedro_params"]
     with session(ws, params) as s:
         cat = s.load_context().catalog
@@ -77,7 +78,6 @@ def main() -> int:
     masks, prompts = batch["masks"].numpy(), batch["prompts"]
     train = TileDataset(tiles, manifest, split="train")
     probe = collate_items([train[i] for i in np.linspace(0, len(train) - 1, 32).round().astype(int)])
-    out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
 
