@@ -16,7 +16,6 @@ keeps the continued model and a mask | Ref | sample grid per evaluation.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from experiment import quality_proxy, session
-from tisynth.generator import TileDataset, collate_items, mask_use, sample_images, train_generator
+from stage_a_init import load_workspace, print_table, sample_stage_a, score, stage_a_config, val_batch
+from tisynth.generator import TileDataset, collate_items, mask_use, train_generator
 from tisynth.generator.data import images_to_uint8
 from tisynth.generator.sample import sample_grid
 
@@ -66,16 +65,12 @@ def main() -> int:
     p.add_argument("--out", help="folder for the continued model and the grids")
     args = p.parse_args()
 
-    ws = Path(args.workspace).resolve()
     out = Path(args.out).resolve() if args.out else None  # before the session changes the working directory
-    params = json.loads((ws / "results" / "params.json").read_text())["kedro_params"]
-    with session(ws, params) as s:
-        cat = s.load_context().catalog
-        registry, tiles, manifest = cat.load("class_registry"), cat.load("tiles"), cat.load("tile_manifest")
-        segmenter, model = cat.load("real_segmenter"), cat.load("generator_stage_a")
-    val = TileDataset(tiles, manifest[(manifest["split"] == "val") & manifest["mask"].notna()].iloc[::4].head(args.items), split=None)
-    batch = collate_items([val[i] for i in range(len(val))])
-    masks, prompts = batch["masks"].numpy(), batch["prompts"]
+    loaded = load_workspace(Path(args.workspace).resolve())
+    registry, tiles, manifest = loaded["class_registry"], loaded["tiles"], loaded["tile_manifest"]
+    segmenter, model = loaded["real_segmenter"], loaded["generator_stage_a"]
+    batch = val_batch(tiles, manifest, args.items)
+    masks = batch["masks"].numpy()
     train = TileDataset(tiles, manifest, split="train")
     probe = collate_items([train[i] for i in np.linspace(0, len(train) - 1, 32).round().astype(int)])
     if out:
@@ -84,11 +79,8 @@ def main() -> int:
     def evaluate(done: int, loss: str, seconds: float) -> tuple[str, ...]:
         cells = []
         for scale in (1.0, 4.0):
-            cfg: dict[str, Any] = {"steps": args.sample_steps, "guidance_scale": 1.0, "mode": "controlnet",
-                                   "batch_size": 16, "conditioning_scale": scale}
-            images = sample_images(model, masks, None, prompts, list(range(len(masks))), cfg)
-            r = quality_proxy(segmenter, list(zip(images, masks)), registry.num_classes)
-            cells.append(f"{100 * r['mIoU']:.1f} / {100 * r['OA']:.1f}")
+            images = sample_stage_a(model, batch, args.sample_steps, scale)
+            cells.append(score(segmenter, registry, images, masks))
             if out and scale == 1.0:
                 colour = np.stack([registry.colorize(m) for m in masks[:6]])
                 Image.fromarray(sample_grid([colour, images_to_uint8(batch["images"][:6]), images[:6]])).save(out / f"grid_{done:05d}.png")
@@ -105,9 +97,8 @@ def main() -> int:
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for stop in range(args.eval_every, args.steps + 1, args.eval_every):
-            cfg = {"stage": "A", "steps": stop, "learning_rate": args.lr, "batch_size": args.batch,
-                   "train_unet_decoder": True, "checkpoint_every": args.eval_every, "resume": True,
-                   "controlnet_from_unet": False}  # continue the trained ControlNet as it is
+            # continue the trained ControlNet as it is, resuming each segment from the last checkpoint
+            cfg = stage_a_config(stop, args.lr, args.batch, checkpoint_every=args.eval_every, resume=True)
             history = train_generator(model, train, cfg, tmp).history
             tail = float(np.mean([h["loss"] for h in history[-100:]]))
             rows.append(evaluate(stop, f"{tail:.4f}", time.time() - start))
@@ -115,11 +106,9 @@ def main() -> int:
         model.save_pretrained(out / "generator_stage_a")
 
     print(f"\n{len(masks)} val masks, DDIM {args.sample_steps} steps, lr {args.lr}, batch {args.batch}; "
-          f"per-position class means explain {100 * r2:.1f} % of the latent variance\n")
-    print("| more stage-A steps | loss, last 100 steps | mIoU / OA, scale 1 | mIoU / OA, scale 4 | v-loss true vs other masks | seconds |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+          f"per-position class means explain {100 * r2:.1f} % of the latent variance")
+    print_table(["more stage-A steps", "loss, last 100 steps", "mIoU / OA, scale 1", "mIoU / OA, scale 4",
+                 "v-loss true vs other masks", "seconds"], rows)
     return 0
 
 

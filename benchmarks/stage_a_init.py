@@ -44,6 +44,47 @@ TRIALS = {  # name: (copy the trained UNet, non-zero last hint conv, timesteps)
 }
 
 
+def load_workspace(workspace: Path) -> dict[str, Any]:
+    """Registry, tiles, manifest, real-only segmenter and stage-A model of a finished workspace."""
+    params = json.loads((workspace / "results" / "params.json").read_text())["kedro_params"]
+    with session(workspace, params) as s:
+        cat = s.load_context().catalog
+        return {name: cat.load(name) for name in
+                ("class_registry", "tiles", "tile_manifest", "real_segmenter", "generator_stage_a")}
+
+
+def val_batch(tiles: Any, manifest: Any, items: int) -> dict[str, Any]:
+    """Every 4th labelled val tile, at most ``items`` of them, collated."""
+    data = TileDataset(tiles, manifest[(manifest["split"] == "val") & manifest["mask"].notna()].iloc[::4].head(items), split=None)
+    return collate_items([data[i] for i in range(len(data))])
+
+
+def stage_a_config(steps: int, lr: float, batch: int, **overrides: Any) -> dict[str, Any]:
+    """The workspace's stage-A recipe (decoder trained), without touching the ControlNet's start."""
+    return {"stage": "A", "steps": steps, "learning_rate": lr, "batch_size": batch, "train_unet_decoder": True,
+            "controlnet_from_unet": False, **overrides}
+
+
+def score(segmenter: Any, registry: Any, images: np.ndarray, masks: np.ndarray) -> str:
+    """``mIoU / OA`` (percent) of the segmenter's reading of ``images`` against ``masks``."""
+    r = quality_proxy(segmenter, list(zip(images, masks)), registry.num_classes)
+    return f"{100 * r['mIoU']:.1f} / {100 * r['OA']:.1f}"
+
+
+def sample_stage_a(model: Any, batch: dict[str, Any], sample_steps: int, scale: float) -> np.ndarray:
+    """Stage-A (mask ControlNet only) images for the batch's masks, seeds 0..N-1, no guidance."""
+    masks = batch["masks"].numpy()
+    cfg = {"steps": sample_steps, "guidance_scale": 1.0, "mode": "controlnet", "batch_size": 16, "conditioning_scale": scale}
+    return sample_images(model, masks, None, batch["prompts"], list(range(len(masks))), cfg)
+
+
+def print_table(header: list[str], rows: list[tuple[str, ...]]) -> None:
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workspace", required=True, help="a finished benchmarks/experiment.py workspace")
@@ -56,16 +97,11 @@ def main() -> int:
     p.add_argument("--as-trained", action="store_true", help="also score the workspace's stage-A model as it is")
     args = p.parse_args()
 
-    ws = Path(args.workspace).resolve()
-    params = json.loads((ws / "results" / "params.json").read_text())["kedro_params"]
-    with session(ws, params) as s:
-        cat = s.load_context().catalog
-        registry, tiles, manifest = cat.load("class_registry"), cat.load("tiles"), cat.load("tile_manifest")
-        segmenter, model = cat.load("real_segmenter"), cat.load("generator_stage_a")
-    val = manifest[(manifest["split"] == "val") & manifest["mask"].notna()].iloc[::4].head(args.items)
-    data = TileDataset(tiles, val, split=None)
-    batch = collate_items([data[i] for i in range(len(data))])
-    masks, prompts = batch["masks"].numpy(), batch["prompts"]
+    loaded = load_workspace(Path(args.workspace).resolve())
+    registry, tiles, manifest = loaded["class_registry"], loaded["tiles"], loaded["tile_manifest"]
+    segmenter, model = loaded["real_segmenter"], loaded["generator_stage_a"]
+    batch = val_batch(tiles, manifest, args.items)
+    masks = batch["masks"].numpy()
     train = TileDataset(tiles, manifest[manifest["split"] == "train"], split=None)
     unet_state = {k: v.clone() for k, v in model.unet.state_dict().items()}
     cn_kwargs = {
@@ -73,19 +109,10 @@ def main() -> int:
         "conditioning_embedding_out_channels": tuple(model.mask_controlnet.config.conditioning_embedding_out_channels),
     }
 
-    def score(images: np.ndarray) -> str:
-        r = quality_proxy(segmenter, list(zip(images, masks)), registry.num_classes)
-        return f"{100 * r['mIoU']:.1f} / {100 * r['OA']:.1f}"
-
     def evaluate() -> list[str]:
-        cells = []
-        for scale in (1.0, 4.0):
-            cfg: dict[str, Any] = {"steps": args.sample_steps, "guidance_scale": 1.0, "mode": "controlnet",
-                                   "batch_size": 16, "conditioning_scale": scale}
-            cells.append(score(sample_images(model, masks, None, prompts, list(range(len(masks))), cfg)))
-        return cells
+        return [score(segmenter, registry, sample_stage_a(model, batch, args.sample_steps, scale), masks) for scale in (1.0, 4.0)]
 
-    rows = [("real val tiles", "", score(images_to_uint8(batch["images"])), "")]
+    rows = [("real val tiles", "", score(segmenter, registry, images_to_uint8(batch["images"]), masks), "")]
     if args.as_trained:
         rows.append(("workspace stage A as trained", "", *evaluate()))
     for name in args.trials:
@@ -96,9 +123,7 @@ def main() -> int:
         model.mask_controlnet = ControlNetModel.from_unet(source, **cn_kwargs)
         if nonzero:
             model.mask_controlnet.controlnet_cond_embedding.conv_out.reset_parameters()
-        cfg = {"stage": "A", "steps": args.steps, "learning_rate": args.lr, "batch_size": args.batch,
-               "train_unet_decoder": True, "checkpoint_every": 0, "resume": False,
-               "controlnet_from_unet": False}  # the init under test is set above
+        cfg = stage_a_config(args.steps, args.lr, args.batch, checkpoint_every=0, resume=False)  # the init under test is set above
         if timesteps:
             cfg["timesteps"] = timesteps
         start = time.time()
@@ -108,10 +133,7 @@ def main() -> int:
         rows.append((f"{name}, {args.steps} steps", f"{tail:.4f} ({time.time() - start:.0f} s)", *evaluate()))
         print(rows[-1], flush=True)
 
-    print("\n| mask ControlNet | stage-A loss, last 50 steps | mIoU / OA, scale 1 | mIoU / OA, scale 4 |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(["mask ControlNet", "stage-A loss, last 50 steps", "mIoU / OA, scale 1", "mIoU / OA, scale 4"], rows)
     return 0
 
 
