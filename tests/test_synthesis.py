@@ -170,3 +170,32 @@ def test_checkpoint_folders_are_resumed_only_by_the_same_run(tmp_path):
     assert (folder / "step-00000005").is_dir()  # same run: kept for resuming
     generator_runs.prepare_checkpoint_dir(folder, own_a)
     assert not (folder / "step-00000005").exists()  # another run: cleared
+
+
+def test_superseded_images_are_moved_aside_not_deleted(tmp_path, model, tiles):
+    tileset, plan = tiles
+    folder = tmp_path / "syn"
+    run(folder, model, plan.head(3), tileset)
+    first = {p.name: p.read_bytes() for p in (folder / "images").iterdir()}
+    assert run(folder, model, plan.head(3), tileset, version="v2") == 3
+    moved = list((folder / "superseded").iterdir())
+    assert len(moved) == 1
+    kept = {p.name: p.read_bytes() for p in moved[0].iterdir() if p.suffix == ".png"}
+    assert kept == first  # the earlier run's images survive, byte for byte
+
+
+def test_a_sampler_typo_fails_before_any_image_is_touched(tmp_path, model, tiles):
+    """The reported data loss: a typo in sample.sampler.* wiped the finished images, then failed."""
+    from tisynth.generator.sample import SamplingError
+    from tisynth.pipelines.sample.nodes import sample_synthetic_images
+
+    tileset, plan = tiles
+    folder = tmp_path / "syn"
+    run(folder, model, plan.head(3), tileset)
+    before = {p.name: p.read_bytes() for p in (folder / "images").iterdir()}
+    params = {"sampler": {**SETTINGS.sample, "guidance_scal": 2.0}, "chunk": 4}
+    with pytest.raises(SamplingError, match="guidance_scal"):
+        writer = sample_synthetic_images(model, tileset, tileset, plan.head(3), params)
+        writer(folder)
+    assert {p.name: p.read_bytes() for p in (folder / "images").iterdir()} == before
+    assert not (folder / "superseded").exists()

@@ -6,7 +6,11 @@
 * each image is written atomically under its plan name, and items whose file exists are
   skipped, so an interrupted run resumes where it stopped and never duplicates work;
 * a fingerprint of the generator and of the sampling settings is kept beside the images; when
-  either changes, the old images are stale and are removed before sampling starts;
+  either changes, the old images are stale: they are moved aside, never deleted, to
+  ``superseded/<their fingerprint>/`` before sampling starts (delete them by hand when they
+  are not needed);
+* the sampling settings are validated when the settings are read, before any file is looked
+  at, so a typo in a sampler key fails with nothing touched;
 * ``shard_index``/``shard_count`` split the plan between processes or machines that write into
   the same folder (each takes every ``shard_count``-th item); under ``accelerate launch`` each
   process takes the shard of its rank. A final single-process run then finds everything done
@@ -22,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +67,9 @@ class SynthesisSettings:
             shard_index=int(shard.get("index", 0)),
             shard_count=int(shard.get("count", 1)),
         )
+        from tisynth.generator.sample import SampleConfig
+
+        SampleConfig.from_dict(cfg.sample)  # unknown or invalid sampler keys fail here, before any file is touched
         if cfg.image_format not in ("png", "jpg"):
             raise DataError(f"sample.image_format must be png or jpg, got {cfg.image_format!r}")
         if not 0 <= cfg.shard_index < cfg.shard_count:
@@ -108,9 +114,15 @@ def write_synthetic_images(
     fp_path = folder / FINGERPRINT
     if fp_path.is_file():
         old = json.loads(fp_path.read_text())
-        if old != fingerprint:
-            log.warning("generator or sampler settings changed since the last run: removing %s", folder / "images")
-            shutil.rmtree(folder / "images", ignore_errors=True)
+        if old != fingerprint and (folder / "images").is_dir():
+            tag = hashlib.blake2b(json.dumps(old, sort_keys=True).encode(), digest_size=6).hexdigest()
+            aside = folder / "superseded" / tag
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            if aside.exists():  # the same old settings were moved aside before: keep both
+                aside = aside.with_name(f"{tag}-{len(list(aside.parent.iterdir()))}")
+            os.replace(folder / "images", aside)
+            write_json_atomic(aside / FINGERPRINT, old)
+            log.warning("generator or sampler settings changed since the last run: the earlier images were moved to %s", aside)
     write_json_atomic(fp_path, fingerprint)
     (folder / "images").mkdir(parents=True, exist_ok=True)
 
