@@ -67,8 +67,18 @@ def tiles(registry: ClassRegistry) -> list[dict]:
     return make_tiles(registry)
 
 
+PAPER_PATH = {"mask_conditioning": "controlnet", "mask_residual": True, "scheduler": {"rescale_betas_zero_snr": False}}
+"""The tiny preset on the paper's mask path (mask ControlNet, stage A), as it was before the
+mask-first base became the from-scratch default: the ControlNet/AIA tests use it."""
+
+
 @pytest.fixture
 def tiny(registry: ClassRegistry) -> TISynthGenerator:
+    return build_generator({"preset": "tiny", **PAPER_PATH}, registry, seed=0)
+
+
+@pytest.fixture
+def mask_first_tiny(registry: ClassRegistry) -> TISynthGenerator:
     return build_generator({"preset": "tiny"}, registry, seed=0)
 
 

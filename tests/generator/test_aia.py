@@ -12,7 +12,7 @@ from tisynth.generator.aia import MID, derive_aia_sites
 from tisynth.generator.config import PRESETS
 from tisynth.generator.model import run_controlnet
 
-from .conftest import perturb_zero_inits
+from .conftest import PAPER_PATH, perturb_zero_inits
 
 
 def _inputs(model, b=2, size=64, seed=0):
@@ -75,7 +75,7 @@ def test_aia_is_the_identity_at_initialisation(registry, mask_residual):
     reach every AIA site, versus the same UNet without AIA: called with no features and no
     residuals (the paper's injection), or with the mask ControlNet's residuals only, i.e. the
     stage-A ControlNet model (``mask_residual``)."""
-    tiny = build_generator({"preset": "tiny", "mask_residual": mask_residual}, registry, seed=0)
+    tiny = build_generator({"preset": "tiny", **PAPER_PATH, "mask_residual": mask_residual}, registry, seed=0)
     perturb_zero_inits(tiny.mask_controlnet)  # non-zero mask features (like after stage A)
     perturb_zero_inits(tiny.ref_controlnet)
     x = _inputs(tiny)
@@ -129,7 +129,7 @@ def _call_counts(model, names):
 @pytest.mark.parametrize("mask_residual", [False, True])
 @torch.no_grad()
 def test_unconsumed_controlnet_outputs_are_not_computed(registry, train_mid, mask_residual):
-    model = build_generator({"preset": "tiny", "train_mid_aia": train_mid, "mask_residual": mask_residual}, registry)
+    model = build_generator({"preset": "tiny", **PAPER_PATH, "train_mid_aia": train_mid, "mask_residual": mask_residual}, registry)
     # tiny layout: skips 0 conv_in, 1 d0.resnet, 2 d0.down, 3 d1.resnet, 4 d1.down, 5 d2.resnet;
     # decoder attentions consume 0..3, the middle site (if any) mid_block_res_sample
     assert model.needed_skips == [0, 1, 2, 3] and model.need_mid == train_mid

@@ -11,7 +11,7 @@ from tisynth.generator.autoencoders import AutoencoderError
 from tisynth.generator.config import GeneratorConfigError
 from tisynth.generator.model import GeneratorError
 
-from .conftest import perturb_zero_inits
+from .conftest import PAPER_PATH, perturb_zero_inits
 
 
 def _batch(model, b, h, w, seed=0):
@@ -76,9 +76,9 @@ def test_loading_for_other_classes_is_refused(tiny, tmp_path):
 
 def test_control_channels_follow_the_registry(registry):
     three = ClassRegistry.from_records([{"id": i, "name": f"c{i}", "color": [i + 1, 0, 0]} for i in range(3)])
-    m3 = build_generator({"preset": "tiny"}, three)
+    m3 = build_generator({"preset": "tiny", **PAPER_PATH}, three)
     assert m3.control_channels == 3 and m3.mask_controlnet.config.conditioning_channels == 3
-    authors = build_generator({"preset": "tiny", "control_encoding": "authors"}, registry)
+    authors = build_generator({"preset": "tiny", **PAPER_PATH, "control_encoding": "authors"}, registry)
     assert authors.control_channels == 3
     x = _batch(m3, 1, 64, 64)
     x["control"] = torch.zeros(1, registry.num_classes, 64, 64)
@@ -88,13 +88,13 @@ def test_control_channels_follow_the_registry(registry):
 
 def test_configuration_errors_are_named(registry, tiny):
     with pytest.raises(GeneratorConfigError, match="unknown generator config key"):
-        resolve_generator_config({"preset": "tiny", "unet_channels": 3})
+        resolve_generator_config({"preset": "tiny", **PAPER_PATH, "unet_channels": 3})
     with pytest.raises(GeneratorConfigError, match="unknown generator preset"):
         resolve_generator_config({"preset": "huge"})
     with pytest.raises(GeneratorConfigError, match="mask_hint_channels"):
-        build_generator({"preset": "tiny", "mask_hint_channels": [16, 32, 64, 128]}, registry)
+        build_generator({"preset": "tiny", **PAPER_PATH, "mask_hint_channels": [16, 32, 64, 128]}, registry)
     with pytest.raises(GeneratorConfigError, match="in_channels"):
-        build_generator({"preset": "tiny", "unet": {"in_channels": 4}}, registry)
+        build_generator({"preset": "tiny", **PAPER_PATH, "unet": {"in_channels": 4}}, registry)
     with pytest.raises(AutoencoderError, match="not divisible"):
         tiny.check_image_size(66, 64)
     with pytest.raises(GeneratorError, match="needs Ref latents"):
@@ -103,7 +103,7 @@ def test_configuration_errors_are_named(registry, tiny):
 
 
 def test_presets_and_overrides(registry):
-    tiny = resolve_generator_config({"preset": "tiny", "unet": {"layers_per_block": 2}})
+    tiny = resolve_generator_config({"preset": "tiny", **PAPER_PATH, "unet": {"layers_per_block": 2}})
     assert tiny["unet"]["layers_per_block"] == 2 and tiny["unet"]["block_out_channels"] == [64, 96, 96]
     assert tiny["scheduler"]["prediction_type"] == "v_prediction" and tiny["scheduler"]["beta_end"] == 0.012
     sd = resolve_generator_config({"preset": "sd15"})
@@ -119,9 +119,9 @@ def test_presets_and_overrides(registry):
 
 
 def test_builds_are_seeded(registry):
-    a = build_generator({"preset": "tiny"}, registry, seed=1)
-    b = build_generator({"preset": "tiny"}, registry, seed=1)
-    c = build_generator({"preset": "tiny"}, registry, seed=2)
+    a = build_generator({"preset": "tiny", **PAPER_PATH}, registry, seed=1)
+    b = build_generator({"preset": "tiny", **PAPER_PATH}, registry, seed=1)
+    c = build_generator({"preset": "tiny", **PAPER_PATH}, registry, seed=2)
     sa, sb, sc = (dict(m.named_parameters()) for m in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
@@ -178,7 +178,7 @@ def test_build_from_a_pretrained_base_folder(registry, tmp_path):
 @pytest.mark.parametrize("zero_init", [True, False])
 @torch.no_grad()
 def test_mask_hint_init_keeps_the_model_unchanged_at_step_zero(registry, zero_init):
-    model = build_generator({"preset": "tiny", "mask_hint_zero_init": zero_init}, registry, seed=0)
+    model = build_generator({"preset": "tiny", **PAPER_PATH, "mask_hint_zero_init": zero_init}, registry, seed=0)
     hint_out = model.mask_controlnet.controlnet_cond_embedding.conv_out.weight
     assert bool((hint_out == 0).all()) == zero_init
     x = _batch(model, 2, 64, 64)
@@ -193,7 +193,7 @@ def test_mask_hint_init_keeps_the_model_unchanged_at_step_zero(registry, zero_in
 
 
 def test_controlnets_restart_from_the_current_unet(registry):
-    model = build_generator({"preset": "tiny"}, registry, seed=0)
+    model = build_generator({"preset": "tiny", **PAPER_PATH}, registry, seed=0)
     hint_before = {n: p.clone() for n, p in model.mask_controlnet.controlnet_cond_embedding.named_parameters()}
     zero_before = [c.weight.clone() for c in model.ref_controlnet.controlnet_down_blocks]
     with torch.no_grad():  # as if the base stage had trained the UNet

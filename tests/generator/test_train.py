@@ -12,7 +12,7 @@ from tisynth.generator import TileDataset, build_generator, latest_checkpoint, t
 from tisynth.generator.train import TrainingError
 from tisynth.io import TileSet, write_image
 
-from .conftest import perturb_zero_inits
+from .conftest import PAPER_PATH, perturb_zero_inits
 
 FAST = {"batch_size": 4, "learning_rate": 1e-3, "progress": False, "checkpoint_every": 0, "weight_decay": 0.0}
 
@@ -41,7 +41,7 @@ def _expected(model, stage, unused=()):
     [("A", True, ()), ("B", True, TINY_UNUSED_WITH_MID), ("B", False, TINY_UNUSED_WITHOUT_MID), ("base", True, ())],
 )
 def test_one_step_changes_exactly_the_stage_parameters(registry, tiles, tmp_path, stage, train_mid, unused):
-    model = build_generator({"preset": "tiny", "train_mid_aia": train_mid}, registry)
+    model = build_generator({"preset": "tiny", **PAPER_PATH, "train_mid_aia": train_mid}, registry)
     names = set(model.trainable_parameter_names(stage))
     assert names == _expected(model, stage, unused)
     if stage == "B":
@@ -62,7 +62,7 @@ def test_one_step_changes_exactly_the_stage_parameters(registry, tiles, tmp_path
 
 
 def _run(registry, tiles, tmp_path, steps, callback=None, **extra):
-    model = build_generator({"preset": "tiny"}, registry, seed=0)
+    model = build_generator({"preset": "tiny", **PAPER_PATH}, registry, seed=0)
     perturb_zero_inits(model.mask_controlnet)  # as after stage A
     cfg = {
         **FAST,
@@ -111,14 +111,14 @@ def test_interrupted_run_resumes_to_the_same_losses(registry, tiles, tmp_path):
 
 
 def test_checkpoint_of_another_stage_is_refused(registry, tiles, tmp_path):
-    model = build_generator({"preset": "tiny"}, registry)
+    model = build_generator({"preset": "tiny", **PAPER_PATH}, registry)
     train_generator(model, tiles, {**FAST, "stage": "A", "steps": 1}, tmp_path)
     with pytest.raises(TrainingError, match="stage A"):
         train_generator(model, tiles, {**FAST, "stage": "B", "steps": 2}, tmp_path)
 
 
 def test_callback_receives_metrics_and_sample_grids(registry, tiles, tmp_path):
-    model = build_generator({"preset": "tiny"}, registry)
+    model = build_generator({"preset": "tiny", **PAPER_PATH}, registry)
     events = []
     cfg = {**FAST, "stage": "A", "steps": 2, "log_every": 1, "sample_every": 2, "sample_items": 2, "sample": {"steps": 2}}
     _, history = train_generator(model, tiles, cfg, tmp_path, callback=events.append)
@@ -144,13 +144,13 @@ def test_tile_dataset_reads_a_manifest_split(registry, tiles, tmp_path):
     item = ds[1]
     assert np.array_equal(item["image"], tiles[1]["image"]) and np.array_equal(item["mask"], tiles[1]["mask"])
     assert item["prompt"] == tiles[1]["prompt"]
-    model = build_generator({"preset": "tiny"}, registry)
+    model = build_generator({"preset": "tiny", **PAPER_PATH}, registry)
     _, history = train_generator(model, ds, {**FAST, "stage": "A", "steps": 1}, tmp_path / "ckpt")
     assert len(history) == 1
 
 
 def test_bad_training_settings_are_named(registry, tiles, tmp_path):
-    model = build_generator({"preset": "tiny"}, registry)
+    model = build_generator({"preset": "tiny", **PAPER_PATH}, registry)
     with pytest.raises(TrainingError, match="unknown training key"):
         train_generator(model, tiles, {"stage": "B", "lr": 1}, tmp_path)
     with pytest.raises(TrainingError, match="stage"):
@@ -162,7 +162,7 @@ def test_bad_training_settings_are_named(registry, tiles, tmp_path):
 
 @pytest.mark.parametrize("stage", ["A", "B"])
 def test_train_unet_decoder_option_adds_exactly_the_decoder(registry, stage):
-    model = build_generator({"preset": "tiny"}, registry)
+    model = build_generator({"preset": "tiny", **PAPER_PATH}, registry)
     plain = set(model.trainable_parameter_names(stage))
     more = set(model.trainable_parameter_names(stage, train_unet_decoder=True))
     added = more - plain
@@ -176,7 +176,7 @@ def test_train_unet_decoder_option_adds_exactly_the_decoder(registry, stage):
 def test_gradient_checkpointing_gives_the_same_step(registry, tiles, tmp_path):
     results = []
     for ckpt in (False, True):
-        model = build_generator({"preset": "tiny"}, registry)
+        model = build_generator({"preset": "tiny", **PAPER_PATH}, registry)
         perturb_zero_inits(model)
         cfg = {**FAST, "stage": "B", "steps": 2, "gradient_checkpointing": ckpt, "log_every": 1}
         seen = []
@@ -191,7 +191,7 @@ def test_gradient_checkpointing_gives_the_same_step(registry, tiles, tmp_path):
 
 
 def test_bf16_mixed_precision_keeps_trainable_weights_fp32(registry, tiles, tmp_path):
-    model = build_generator({"preset": "tiny"}, registry)
+    model = build_generator({"preset": "tiny", **PAPER_PATH}, registry)
     perturb_zero_inits(model.mask_controlnet)
     _, history = train_generator(model, tiles, {**FAST, "stage": "B", "steps": 2, "mixed_precision": "bf16"}, tmp_path)
     assert all(np.isfinite(h["loss"]) for h in history)
@@ -222,7 +222,7 @@ def test_mlflow_callback_logs_only_inside_a_run(monkeypatch):
 
 @pytest.mark.parametrize("from_unet", [True, False])
 def test_stage_a_starts_from_the_base_as_trained(registry, tiles, tmp_path, from_unet):
-    model = build_generator({"preset": "tiny"}, registry)
+    model = build_generator({"preset": "tiny", **PAPER_PATH}, registry)
     train_generator(model, tiles, {**FAST, "stage": "base", "steps": 2}, tmp_path / "base")
     cn, unet = model.mask_controlnet.down_blocks.state_dict(), model.unet.down_blocks.state_dict()
     assert max(float((cn[k] - unet[k]).abs().max()) for k in unet) > 1e-4  # the build-time copy is stale

@@ -54,6 +54,14 @@ Top-level keys:
     scratch does not learn to follow masks through AIA alone within a CPU budget (segmenter
     mIoU of synthetic images against their masks about 0.24, against 0.88 with the residual
     path, on the embedded default); the AIA sites still carry both Ref and mask features.
+``mask_conditioning``
+    ``controlnet`` (the paper, ``sd15``): the base UNet sees no mask; stage A trains a mask
+    ControlNet. ``spade`` (``tiny``, ``small``) or ``concat``: a *mask-first* base, conditioned on
+    the mask from its first training step (:mod:`tisynth.generator.mask_cond`); stage A is then
+    not run, stage B trains the Ref ControlNet, the mask ControlNet's features for AIA and the
+    AIA layers on top of it.
+``mask_conditioning_hidden``
+    width of the SPADE modulation nets (32).
 ``aia_heads``
     heads of the new attentions; ``None`` uses each site's own self-attention heads.
 ``prompt_template``
@@ -98,7 +106,19 @@ _COMMON: dict[str, Any] = {
     "train_mid_aia": True,
     "mask_residual": False,
     "aia_heads": None,
+    "mask_conditioning": "controlnet",
+    "mask_conditioning_hidden": 32,
     "prompt_template": DEFAULT_PROMPT_TEMPLATE,
+}
+
+# From-scratch presets: zero terminal SNR (Lin et al. 2024), so that at t = T nothing of the
+# image survives and the conditions are necessary in training as they are at sampling; this
+# needs v-prediction. Masks condition the UNet from its first step (SPADE).
+_FROM_SCRATCH = {
+    "scheduler": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True},
+    "mask_conditioning": "spade",
+    "mask_residual": False,
+    "mask_hint_zero_init": False,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -111,9 +131,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "image_size": 64,
         "autoencoder": {"type": "space_to_depth", "factor": 4, "scale": 2.0},
-        "scheduler": {"prediction_type": "v_prediction"},
-        "mask_residual": True,
-        "mask_hint_zero_init": False,
+        **_FROM_SCRATCH,
         "unet": {
             "block_out_channels": [64, 96, 96],
             "layers_per_block": 1,
@@ -138,9 +156,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "image_size": 224,
         "autoencoder": {"type": "space_to_depth", "factor": 4, "scale": 2.0},
-        "scheduler": {"prediction_type": "v_prediction"},
-        "mask_residual": True,
-        "mask_hint_zero_init": False,
+        **_FROM_SCRATCH,
         "unet": {
             "block_out_channels": [64, 128, 192],
             "layers_per_block": 1,
@@ -218,6 +234,8 @@ TOP_LEVEL_KEYS = frozenset(
         "train_mid_aia",
         "mask_residual",
         "aia_heads",
+        "mask_conditioning",
+        "mask_conditioning_hidden",
         "prompt_template",
     }
 )
@@ -247,6 +265,12 @@ def resolve_generator_config(config: Mapping[str, Any] | None = None) -> dict[st
         raise GeneratorConfigError(f"image_size must be a positive integer, got {size!r}")
     if resolved["control_encoding"] not in ("onehot", "authors"):
         raise GeneratorConfigError(f"control_encoding must be 'onehot' or 'authors', got {resolved['control_encoding']!r}")
+    if resolved["mask_conditioning"] not in ("controlnet", "spade", "concat"):
+        raise GeneratorConfigError(
+            f"mask_conditioning must be 'controlnet', 'spade' or 'concat', got {resolved['mask_conditioning']!r}"
+        )
+    if resolved["mask_conditioning"] != "controlnet" and resolved["control_encoding"] != "onehot":
+        raise GeneratorConfigError("a mask-first base (mask_conditioning spade/concat) needs control_encoding 'onehot'")
     return resolved
 
 

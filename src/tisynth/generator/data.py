@@ -81,7 +81,15 @@ def as_item(item: Any, where: str = "item") -> dict[str, Any]:
 
 
 def collate_items(items: Sequence[Any]) -> dict[str, Any]:
-    """Items -> ``{"images": float B×3×H×W in [-1, 1], "masks": uint8 B×H×W, "prompts": list}``."""
+    """Items -> ``{"images": float B×3×H×W in [-1, 1], "masks": uint8 B×H×W, "prompts": list}``.
+
+    Items of a latent cache (with ``latent``) are batched by
+    :func:`tisynth.generator.latent_cache.collate_latent_items` instead.
+    """
+    if items and isinstance(items[0], Mapping) and "latent" in items[0]:
+        from tisynth.generator.latent_cache import collate_latent_items
+
+        return collate_latent_items(items)
     norm = [as_item(it, f"item {i}") for i, it in enumerate(items)]
     sizes = {it["image"].shape for it in norm}
     if len(sizes) > 1:

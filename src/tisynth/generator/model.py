@@ -45,6 +45,7 @@ from tisynth.generator.aia import MID, AIALayer, AIASite, FeatureStore, attach_a
 from tisynth.generator.autoencoders import LatentAutoencoder, build_autoencoder, load_autoencoder
 from tisynth.generator.config import GeneratorConfigError, hint_channels_for_factor, resolve_generator_config
 from tisynth.generator.control import control_channels, encode_control
+from tisynth.generator.mask_cond import MaskStore, attach_mask_conditioning, build_mask_conditioning
 from tisynth.generator.text import build_text_encoder, build_word_tokenizer, encode_prompts, prompt_vocabulary
 
 FORMAT_VERSION = 1
@@ -235,6 +236,7 @@ class TISynthGenerator(nn.Module):
         mask_controlnet: ControlNetModel,
         ref_controlnet: ControlNetModel,
         aia_state: Mapping[str, torch.Tensor] | None = None,
+        mask_cond_state: Mapping[str, torch.Tensor] | None = None,
     ):
         super().__init__()
         self.config = dict(config)
@@ -259,6 +261,19 @@ class TISynthGenerator(nn.Module):
                 )
         self.features = FeatureStore()
         self._hooks = attach_aia(self.unet, self.sites, self.aia, self.features)
+        self.mask_cond = build_mask_conditioning(
+            str(self.config.get("mask_conditioning", "controlnet")), unet, registry.num_classes,
+            int(self.config.get("mask_conditioning_hidden", 32)),
+        )
+        if mask_cond_state is not None:
+            result = self.mask_cond.load_state_dict(dict(mask_cond_state), strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                raise GeneratorError(
+                    f"mask-conditioning weights do not fit the UNet (missing {result.missing_keys[:4]}, "
+                    f"unexpected {result.unexpected_keys[:4]})"
+                )
+        self.mask_store = MaskStore()
+        self._hooks += attach_mask_conditioning(self.unet, self.mask_cond, self.mask_store)
         self.needed_skips: list[int] = sorted({s.skip_index for s in self.sites if s.skip_index != MID})
         self.need_mid: bool = any(s.skip_index == MID for s in self.sites)
         self.requires_grad_(False)
@@ -311,6 +326,11 @@ class TISynthGenerator(nn.Module):
     def mask_residual(self) -> bool:
         """In ``tisynth`` mode, also add the mask ControlNet's outputs residually (see config)."""
         return bool(self.config.get("mask_residual", False))
+
+    @property
+    def mask_first(self) -> bool:
+        """The base UNet itself is conditioned on the mask (``mask_conditioning`` spade/concat)."""
+        return str(self.config.get("mask_conditioning", "controlnet")) != "controlnet"
 
     @property
     def control_encoding(self) -> str:
@@ -404,6 +424,7 @@ class TISynthGenerator(nn.Module):
         mode: str = "tisynth",
         reference_path: bool = False,
         conditioning_scale: float = 1.0,
+        cond_keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The UNet's prediction (ε or v, per the scheduler config) for noisy latents ``sample``.
 
@@ -417,13 +438,17 @@ class TISynthGenerator(nn.Module):
             reference_path: ``tisynth`` mode only: compute all ControlNet outputs with the stock
                 ``ControlNetModel.forward`` (the authors' behaviour) instead of only the used ones.
             conditioning_scale: multiplies every ControlNet output (1.0 in the paper).
+            cond_keep: per-item booleans (mask-first models): items with ``False`` get the
+                dropped mask condition (all-zero mask map and control image), for
+                classifier-free guidance. ``None``: keep every mask.
         """
         if mode not in MODES:
             raise GeneratorError(f"mode must be one of {MODES}, got {mode!r}")
         if not torch.is_tensor(timesteps):
             timesteps = torch.tensor(timesteps, device=sample.device)
         self.features.clear()
-        if mode == "base":
+        self.mask_store.clear()
+        if mode == "base" and not self.mask_first:
             return self.unet(sample, timesteps, text, return_dict=False)[0]
         if control is None:
             raise GeneratorError(f"mode {mode!r} needs a control image (encode the masks with encode_control)")
@@ -432,6 +457,16 @@ class TISynthGenerator(nn.Module):
                 f"control image has {control.shape[1]} channels; this generator expects {self.control_channels} "
                 f"({self.num_classes} classes, encoding {self.control_encoding!r})"
             )
+        if self.mask_first:
+            if cond_keep is not None:
+                control = control * torch.as_tensor(cond_keep, device=control.device).view(-1, 1, 1, 1).to(control.dtype)
+            # one-hot classes + the explicit ignore channel; a dropped mask is all zeros
+            ignore = (1.0 - control.sum(1, keepdim=True)).clamp_(min=0.0)
+            if cond_keep is not None:
+                ignore = ignore * torch.as_tensor(cond_keep, device=control.device).view(-1, 1, 1, 1).to(control.dtype)
+            self.mask_store.set(torch.cat([control, ignore], 1))
+            if mode == "base":
+                return self.unet(sample, timesteps, text, return_dict=False)[0]
         if mode == "controlnet":
             down, mid = self.mask_controlnet(sample, timesteps, text, control, conditioning_scale=conditioning_scale, return_dict=False)
             return self.unet(
@@ -469,8 +504,9 @@ class TISynthGenerator(nn.Module):
         copy_unet_encoder(self.mask_controlnet if which == "mask" else self.ref_controlnet, self.unet, only)
 
     def clear_features(self) -> None:
-        """Drop the AIA features kept from the last ``tisynth`` call."""
+        """Drop the AIA features and the mask map kept from the last call."""
         self.features.clear()
+        self.mask_store.clear()
 
     # ------------------------------------------------------------------ training helpers
     def trainable_parameter_names(self, stage: str, train_unet_decoder: bool = False) -> list[str]:
@@ -488,14 +524,18 @@ class TISynthGenerator(nn.Module):
         if train_unet_decoder and stage == "base":
             raise GeneratorError("train_unet_decoder applies to stages A and B (base trains the whole UNet)")
         if stage == "base":
-            prefixes = ["unet."]
+            prefixes = ["unet.", "mask_cond."]
         elif stage == "A":
             prefixes = ["mask_controlnet."]
         else:
             used = controlnet_used_prefixes(self.ref_controlnet, self.needed_skips, self.need_mid)
             prefixes = [f"ref_controlnet.{p}." for p in used] + ["aia."]
+            if self.mask_first:  # no stage A: the mask ControlNet's AIA features train here, jointly
+                used_m = controlnet_used_prefixes(self.mask_controlnet, self.needed_skips, self.need_mid)
+                prefixes += [f"mask_controlnet.{p}." for p in used_m]
         if train_unet_decoder:
             prefixes += ["unet.mid_block.", "unet.up_blocks.", "unet.conv_norm_out.", "unet.conv_out."]
+            prefixes += [f"mask_cond.{k}." for k in self.mask_cond if k.startswith(("mid_block", "up_blocks"))]
         return [n for n, _ in self.named_parameters() if any(n.startswith(p) for p in prefixes)]
 
     def set_trainable(self, stage: str, train_unet_decoder: bool = False) -> list[str]:
@@ -528,6 +568,10 @@ class TISynthGenerator(nn.Module):
         self.ref_controlnet.save_pretrained(folder / "controlnet_ref")
         (folder / "aia").mkdir(exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.aia.state_dict().items()}, str(folder / "aia" / "aia.safetensors"))
+        if len(self.mask_cond):
+            (folder / "mask_cond").mkdir(exist_ok=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.mask_cond.state_dict().items()},
+                      str(folder / "mask_cond" / "mask_cond.safetensors"))
         self.autoencoder.save_pretrained(folder / "autoencoder")
         self.text_encoder.save_pretrained(folder / "text_encoder")
         self.tokenizer.save_pretrained(folder / "tokenizer")
@@ -573,6 +617,7 @@ class TISynthGenerator(nn.Module):
             ControlNetModel.from_pretrained(folder / "controlnet_mask"),
             ControlNetModel.from_pretrained(folder / "controlnet_ref"),
             aia_state=load_file(str(folder / "aia" / "aia.safetensors")),
+            mask_cond_state=_optional_weights(folder / "mask_cond" / "mask_cond.safetensors", meta["config"]),
         )
         if device is not None:
             model.to(device)
@@ -585,10 +630,19 @@ class TISynthGenerator(nn.Module):
             "mask_controlnet": self.mask_controlnet,
             "ref_controlnet": self.ref_controlnet,
             "aia": self.aia,
+            "mask_cond": self.mask_cond,
             "text_encoder": self.text_encoder,
             "autoencoder": self.autoencoder,
         }
-        return {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+        return {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items() if k != "mask_cond" or len(m)}
+
+
+def _optional_weights(path: Path, config: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+    if str(config.get("mask_conditioning", "controlnet")) == "controlnet":
+        return None
+    if not path.is_file():
+        raise GeneratorError(f"{path} is missing: the generator is mask-conditioned ({config['mask_conditioning']}) but its weights are not there")
+    return load_file(str(path))
 
 
 @contextlib.contextmanager

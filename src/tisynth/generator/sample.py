@@ -51,6 +51,9 @@ class SampleConfig:
         reference_path: the authors' execution (separate cond/uncond passes, all ControlNet
             outputs, fp16 autocast on GPU), for benchmarks.
         negative_prompt: prompt of the unconditional branch ("").
+        uncond: what the unconditional branch drops: "prompt" (the paper: the empty prompt, the
+            same mask and Ref) or "mask_prompt" (mask-first models trained with condition
+            dropout: the empty prompt and the dropped mask; guidance then amplifies the mask).
         conditioning_scale: multiplies all ControlNet outputs (1.0).
         device: where to run: a torch device string, "auto" (CUDA if available, else CPU) or
             None (the model's device).
@@ -68,6 +71,7 @@ class SampleConfig:
     mode: str = "tisynth"
     reference_path: bool = False
     negative_prompt: str = ""
+    uncond: str = "prompt"
     conditioning_scale: float = 1.0
     device: str | None = None
     progress: bool = False
@@ -91,6 +95,10 @@ class SampleConfig:
             raise SamplingError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.mode not in MODES:
             raise SamplingError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.uncond not in ("prompt", "mask_prompt"):
+            raise SamplingError(f"uncond must be 'prompt' or 'mask_prompt', got {self.uncond!r}")
+        if self.timestep_spacing not in ("leading", "trailing", "linspace"):
+            raise SamplingError(f"timestep_spacing must be leading, trailing or linspace, got {self.timestep_spacing!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,23 +188,29 @@ def _guided_prediction(
     ref: torch.Tensor | None,
     cfg: SampleConfig,
 ) -> torch.Tensor:
-    def predict(xx: torch.Tensor, tt: torch.Tensor, c: torch.Tensor | None, r: torch.Tensor | None) -> torch.Tensor:
+    def predict(xx: torch.Tensor, tt: torch.Tensor, c: torch.Tensor | None, r: torch.Tensor | None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
         return model.predict_noise(
-            xx, t, tt, c, r, mode=cfg.mode, reference_path=cfg.reference_path, conditioning_scale=cfg.conditioning_scale
+            xx, t, tt, c, r, mode=cfg.mode, reference_path=cfg.reference_path, conditioning_scale=cfg.conditioning_scale,
+            cond_keep=keep,
         )
 
     if text_u is None:
         return predict(x, text_c, control, ref)
     g = cfg.guidance_scale
+    b = x.shape[0]
+    drop_mask = cfg.uncond == "mask_prompt" and model.mask_first
+    ones = torch.ones(b, dtype=torch.bool, device=x.device)
     if cfg.reference_path:  # the authors' way: two separate passes
         eps_c = predict(x, text_c, control, ref)
-        eps_u = predict(x, text_u, control, ref)
+        eps_u = predict(x, text_u, control, ref, ~ones if drop_mask else None)
     else:
 
         def twice(v: torch.Tensor | None) -> torch.Tensor | None:
             return None if v is None else torch.cat([v, v])
 
-        eps_u, eps_c = predict(twice(x), torch.cat([text_u, text_c]), twice(control), twice(ref)).chunk(2)  # type: ignore[arg-type]
+        keep = torch.cat([~ones, ones]) if drop_mask else None
+        eps_u, eps_c = predict(twice(x), torch.cat([text_u, text_c]), twice(control), twice(ref), keep).chunk(2)  # type: ignore[arg-type]
     return eps_u + g * (eps_c - eps_u)
 
 
@@ -235,7 +249,7 @@ def sample_images(
         raise SamplingError(f"got {len(seeds)} seeds for {n} prompts")
     mask_arr = None if masks is None else _stack(masks, "masks")
     ref_arr = None if refs is None else _stack(refs, "refs")
-    if cfg.mode != "base" and (mask_arr is None or len(mask_arr) != n):
+    if (cfg.mode != "base" or model.mask_first) and (mask_arr is None or len(mask_arr) != n):
         raise SamplingError(f"mode {cfg.mode!r} needs one mask per prompt ({n})")
     if cfg.mode == "tisynth" and (ref_arr is None or len(ref_arr) != n):
         raise SamplingError(f"mode 'tisynth' needs one Ref image per prompt ({n})")
@@ -248,7 +262,8 @@ def sample_images(
     out = []
     batches = list(_batches(n, cfg.batch_size))
     for sl in tqdm(batches, desc="sampling", disable=not cfg.progress):
-        control = model.encode_control(mask_arr[sl]) if mask_arr is not None and cfg.mode != "base" else None
+        wants_mask = cfg.mode != "base" or model.mask_first
+        control = model.encode_control(mask_arr[sl]) if mask_arr is not None and wants_mask else None
         ref_lat = model.encode_images(uint8_to_images(ref_arr[sl])) if ref_arr is not None and cfg.mode == "tisynth" else None
         lat_size = (size.shape[1] // model.downsample_factor, size.shape[2] // model.downsample_factor)
         latents = sample_latents(model, control, ref_lat, list(prompts[sl]), list(seeds[sl]), cfg, latent_size=lat_size)

@@ -104,6 +104,17 @@ class TrainConfig:
         find_unused_parameters: DDP option (not needed: only used parameters train).
         train_unet_decoder: stages A and B: also train the UNet's middle block, decoder and output
             layers (the authors' earlier "ftdecoder" variant; off by default, as in TISynth).
+        condition_dropout: probability per item of dropping the mask and the prompt together
+            (empty prompt, all-zero mask map), which classifier-free guidance on them needs
+            (mask-first models; for others only the prompt is dropped).
+        ref_dropout: stage B: probability per item of an all-zero Ref latent (Ref guidance, and
+            a model that does not depend on having a Ref).
+        ref_crop: with cached latents, the training Ref is another dihedral variant of the
+            target's latent, cropped to a random square of this fraction range of the side and
+            resized back: it carries the target's colours and textures but not its layout.
+        ema_decay: keep an exponential moving average of the trained weights (decay per step,
+            warmed up as ``min(decay, (1 + n) / (10 + n))``) and put it into the model when the
+            stage ends; ``None``: no EMA.
         controlnet_from_unet: stages A and B: first copy the UNet's current encoder into the
             stage's ControlNet (mask for A, Ref for B), so that it steers the base as trained,
             not the random UNet it was copied from at build time (only the tensors the stage
@@ -141,6 +152,10 @@ class TrainConfig:
     cpu: bool = False
     find_unused_parameters: bool = False
     train_unet_decoder: bool = False
+    condition_dropout: float = 0.0
+    ref_dropout: float = 0.0
+    ref_crop: tuple[float, float] = (0.5, 0.9)
+    ema_decay: float | None = None
     controlnet_from_unet: bool = True
 
     @classmethod
@@ -163,6 +178,14 @@ class TrainConfig:
             raise TrainingError(f"hflip probability must be in [0, 1], got {self.hflip}")
         if self.train_unet_decoder and self.stage == "base":
             raise TrainingError("train_unet_decoder applies to stages A and B (base trains the whole UNet)")
+        for name in ("condition_dropout", "ref_dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise TrainingError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        lo, hi = (float(v) for v in self.ref_crop)
+        if not 0 < lo <= hi <= 1:
+            raise TrainingError(f"ref_crop must be two fractions 0 < low <= high <= 1, got {list(self.ref_crop)}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise TrainingError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
         if self.learning_rate <= 0:
             raise TrainingError(f"learning_rate must be positive, got {self.learning_rate}")
         RefAugment(**self.ref_augment)
@@ -236,6 +259,7 @@ class _StageModule(nn.Module):
         text: torch.Tensor,
         control: torch.Tensor | None,
         ref_latents: torch.Tensor | None,
+        cond_keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.model.prediction_type == "epsilon":
@@ -244,7 +268,8 @@ class _StageModule(nn.Module):
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             raise TrainingError(f"prediction_type {self.model.prediction_type!r} is not supported for training")
-        pred = self.model.predict_noise(noisy, timesteps, text, control, ref_latents, mode=self.mode, reference_path=self.reference_path)
+        pred = self.model.predict_noise(noisy, timesteps, text, control, ref_latents, mode=self.mode,
+                                        reference_path=self.reference_path, cond_keep=cond_keep)
         return F.mse_loss(pred.float(), target.float())
 
 
@@ -257,22 +282,34 @@ def _prepare_inputs(
     device: torch.device,
     num_train_timesteps: int,
 ) -> dict[str, Any]:
-    images = batch["images"]
     masks = batch["masks"]
-    b = images.shape[0]
-    flip = torch.rand(b, generator=gen) < cfg.hflip
-    if bool(flip.any()):
-        images, masks = images.clone(), masks.clone()
-        images[flip] = images[flip].flip(-1)
-        masks[flip] = masks[flip].flip(-1)
-    images = images.to(device)
+    b = masks.shape[0]
+    cached = "latents" in batch
+    images = None
+    if not cached:
+        images = batch["images"]
+        flip = torch.rand(b, generator=gen) < cfg.hflip
+        if bool(flip.any()):
+            images, masks = images.clone(), masks.clone()
+            images[flip] = images[flip].flip(-1)
+            masks[flip] = masks[flip].flip(-1)
+        images = images.to(device)
+    keep = torch.rand(b, generator=gen) >= cfg.condition_dropout
+    ref_keep = torch.rand(b, generator=gen) >= cfg.ref_dropout
+    prompts = [p if k else "" for p, k in zip(batch["prompts"], keep.tolist())]
     with torch.no_grad():
-        latents = model.encode_images(images, generator=gen)
-        text = model.encode_prompts(batch["prompts"])
-        control = model.encode_control(masks.to(device)) if cfg.stage != "base" else None
+        latents = batch["latents"].to(device) if cached else model.encode_images(images, generator=gen)
+        text = model.encode_prompts(prompts)
+        wants_mask = cfg.stage != "base" or model.mask_first
+        control = model.encode_control(masks.to(device)) if wants_mask else None
         ref_latents = None
         if cfg.stage == "B":
-            ref_latents = model.encode_images(augment(images, generator=gen), generator=gen)
+            if cached:
+                ref_latents = latent_ref(batch["variants"], batch["variant_index"], cfg.ref_crop, gen).to(device)
+            else:
+                ref_latents = model.encode_images(augment(images, generator=gen), generator=gen)
+            if cfg.ref_dropout > 0:
+                ref_latents = ref_latents * ref_keep.to(device).view(-1, 1, 1, 1).to(ref_latents.dtype)
     noise = torch.randn(latents.shape, generator=gen).to(device)
     if cfg.timesteps:
         choices = torch.tensor(cfg.timesteps, dtype=torch.long)
@@ -288,7 +325,63 @@ def _prepare_inputs(
         "text": text,
         "control": control,
         "ref_latents": ref_latents,
+        "cond_keep": keep.to(device) if (model.mask_first and cfg.condition_dropout > 0) else None,
     }
+
+
+def latent_ref(variants: torch.Tensor, current: torch.Tensor, crop: Sequence[float], gen: torch.Generator) -> torch.Tensor:
+    """A training Ref from cached latents: another dihedral variant of the target, randomly cropped.
+
+    ``variants``: ``B×V×C×h×w`` (every dihedral variant of each target), ``current``: the
+    variant index of each target. The Ref is a different variant (another orientation), cropped
+    to a random square of ``crop`` (fractions of the side) at a random place and resized back:
+    the target's colours and textures, not its layout.
+    """
+    b, v, _, h, w = variants.shape  # with one variant, the Ref is a crop of the target itself
+    out = []
+    for i in range(b):
+        j = int(torch.randint(v - 1, (1,), generator=gen)) if v > 1 else 0
+        j = j + 1 if v > 1 and j >= int(current[i]) else j
+        lat = variants[i, j].float()
+        frac = float(crop[0]) + (float(crop[1]) - float(crop[0])) * float(torch.rand(1, generator=gen))
+        ch, cw = max(1, round(h * frac)), max(1, round(w * frac))
+        y = int(torch.randint(h - ch + 1, (1,), generator=gen))
+        x = int(torch.randint(w - cw + 1, (1,), generator=gen))
+        patch = lat[None, :, y : y + ch, x : x + cw]
+        out.append(F.interpolate(patch, size=(h, w), mode="bilinear", align_corners=False)[0] if (ch, cw) != (h, w) else patch[0])
+    return torch.stack(out)
+
+
+class EmaWeights:
+    """Exponential moving average of named parameters (kept in fp32 on their device)."""
+
+    def __init__(self, params: Mapping[str, torch.Tensor], decay: float):
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow = {n: p.detach().float().clone() for n, p in params.items()}
+
+    def rate(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, params: Mapping[str, torch.Tensor]) -> None:
+        d = self.rate()
+        for n, p in params.items():
+            self.shadow[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, params: Mapping[str, torch.Tensor]) -> None:
+        for n, p in params.items():
+            p.copy_(self.shadow[n].to(p.dtype))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**{n: t.cpu().contiguous() for n, t in self.shadow.items()}, "__updates__": torch.tensor(self.updates)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.updates = int(state["__updates__"])
+        for n in self.shadow:
+            self.shadow[n].copy_(state[n].to(self.shadow[n].device))
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -311,6 +404,7 @@ def _save_checkpoint(
     lr_scheduler: Any,
     history: list[dict[str, Any]],
     cfg: TrainConfig,
+    ema: EmaWeights | None = None,
 ) -> Path:
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
     tmp = checkpoint_dir / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
@@ -328,6 +422,8 @@ def _save_checkpoint(
         params = dict(model.named_parameters())
         save_file({n: params[n].detach().float().cpu().contiguous() for n in names}, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if ema is not None:
+            save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
         torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
         if accelerator.scaler is not None:
             torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
@@ -363,6 +459,7 @@ def _load_checkpoint(
     optimizer: Any,
     lr_scheduler: Any,
     cfg: TrainConfig,
+    ema: EmaWeights | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     if state["stage"] != cfg.stage:
@@ -387,6 +484,10 @@ def _load_checkpoint(
         for n in names:
             params[n].copy_(weights[n].to(params[n].device, params[n].dtype))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    if ema is not None:
+        if not (path / "ema.safetensors").is_file():
+            raise TrainingError(f"checkpoint {path} has no EMA weights but this run keeps an EMA (ema_decay); was ema_decay changed?")
+        ema.load_state_dict(load_file(str(path / "ema.safetensors")))
     lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", map_location="cpu", weights_only=True))
     if accelerator.scaler is not None and (path / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", map_location="cpu", weights_only=True))
@@ -446,7 +547,12 @@ def train_generator(
     if n == 0:
         raise TrainingError("the training dataset is empty")
     first = collate_items([train_dataset[0]])
-    model.check_image_size(int(first["images"].shape[2]), int(first["images"].shape[3]))
+    if "latents" in first:  # a latent cache: its latents must be this autoencoder's
+        if first["latents"].shape[1] != model.latent_channels:
+            raise TrainingError(f"cached latents have {first['latents'].shape[1]} channels, the model's autoencoder {model.latent_channels}")
+        model.check_image_size(int(first["masks"].shape[1]), int(first["masks"].shape[2]))
+    else:
+        model.check_image_size(int(first["images"].shape[2]), int(first["images"].shape[3]))
     checkpoint_dir = Path(checkpoint_dir)
 
     accelerator = _accelerator(cfg)
@@ -454,11 +560,13 @@ def train_generator(
     names = model.set_trainable(cfg.stage, cfg.train_unet_decoder)
     if not names:
         raise TrainingError(f"stage {cfg.stage} has no trainable parameters in this model")
-    which = STAGE_CONTROLNETS.get(cfg.stage)
-    if cfg.controlnet_from_unet and which:
-        prefix = f"{which}_controlnet."
+    which = [STAGE_CONTROLNETS[cfg.stage]] if cfg.stage in STAGE_CONTROLNETS else []
+    if cfg.stage == "B" and model.mask_first:
+        which.append("mask")  # no stage A: the mask ControlNet also starts here
+    for net in which if cfg.controlnet_from_unet else []:
+        prefix = f"{net}_controlnet."
         # only what this stage trains: parts it neither trains nor computes stay as they are
-        model.controlnet_from_unet(which, only={n[len(prefix):] for n in names if n.startswith(prefix)})
+        model.controlnet_from_unet(net, only={n[len(prefix):] for n in names if n.startswith(prefix)})
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing(True)
     model.to(device)
@@ -473,12 +581,13 @@ def train_generator(
     )
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)
     module, optimizer = accelerator.prepare(module, optimizer)
+    ema = EmaWeights({nm: params[nm] for nm in names}, cfg.ema_decay) if cfg.ema_decay else None
 
     start, history = 0, []
     if cfg.resume:
         ckpt = latest_checkpoint(checkpoint_dir)
         if ckpt is not None:
-            start, history = _load_checkpoint(accelerator, ckpt, model, names, optimizer, lr_scheduler, cfg)
+            start, history = _load_checkpoint(accelerator, ckpt, model, names, optimizer, lr_scheduler, cfg, ema)
             history = history[:start]
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -513,6 +622,8 @@ def train_generator(
             if cfg.max_grad_norm is not None:
                 accelerator.clip_grad_norm_([params[nm] for nm in names], cfg.max_grad_norm)
             optimizer.step()
+            if ema is not None:
+                ema.update({nm: params[nm] for nm in names})
             lr = float(lr_scheduler.get_last_lr()[0])
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -542,9 +653,11 @@ def train_generator(
             if cfg.sample_every and done % cfg.sample_every == 0 and callback is not None and accelerator.is_main_process:
                 callback({"event": "samples", "stage": cfg.stage, "step": done, "grid": _sample_grid(model, train_dataset, cfg, sample_cfg)})
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
-                path = _save_checkpoint(accelerator, checkpoint_dir, done, model, names, optimizer, lr_scheduler, history, cfg)
+                path = _save_checkpoint(accelerator, checkpoint_dir, done, model, names, optimizer, lr_scheduler, history, cfg, ema)
                 if callback is not None and accelerator.is_main_process:
                     callback({"event": "checkpoint", "stage": cfg.stage, "step": done, "path": str(path)})
+        if ema is not None:  # the stage's result is the averaged model
+            ema.copy_to({nm: params[nm] for nm in names})
     finally:
         bar.close()
         model.clear_features()
@@ -558,8 +671,9 @@ def train_generator(
 
 def _sample_grid(model: TISynthGenerator, dataset: Sequence[Any], cfg: TrainConfig, sample_cfg: SampleConfig) -> np.ndarray:
     """Rows: colourised mask | Ref (the item's own image) | sample."""
-    k = min(cfg.sample_items, len(dataset))
-    batch = collate_items([dataset[i] for i in range(k)])
+    read = getattr(dataset, "image_item", None) or dataset.__getitem__
+    k = min(cfg.sample_items, len(getattr(dataset, "tiles", dataset)))
+    batch = collate_items([read(i) for i in range(k)])
     masks = batch["masks"].numpy()
     refs = images_to_uint8(batch["images"])
     samples = sample_images(model, masks, refs, batch["prompts"], list(range(k)), sample_cfg)

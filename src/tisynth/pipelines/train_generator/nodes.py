@@ -24,6 +24,7 @@ from tisynth.generator import (
 )
 from tisynth.generator.data import images_to_uint8
 from tisynth.generator.diagnostics import DEFAULT_TIMESTEPS, DiagnosticsError, mask_use
+from tisynth.generator.latent_cache import LatentTileDataset, build_latent_cache
 from tisynth.generator.sample import sample_grid
 from tisynth.io import TileSet
 
@@ -42,9 +43,25 @@ def _train_names(manifest: pd.DataFrame, params: dict[str, Any]) -> list[str]:
     return sorted(manifest.loc[manifest["split"].isin(splits) & manifest["mask"].notna(), "name"])
 
 
+def cache_latents(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
+    """Encode the training tiles once (8 dihedral variants) for training; ``{"enabled": false}`` when off."""
+    cfg = dict(params.get("latent_cache") or {})
+    if not cfg.get("enabled", False):
+        return {"enabled": False}
+    rows = manifest[manifest["name"].isin(_train_names(manifest, params))]
+    cache = build_latent_cache(model.autoencoder, tiles, rows, cfg["root"], variants=int(cfg.get("variants", 8)),
+                               batch_size=int(cfg.get("batch_size", 16)), dtype=str(cfg.get("dtype", "float16")))
+    log.info("latent cache %s: %d tiles x %d variants (%d encoded now)", cache["folder"], cache["tiles"],
+             cache["variants"], cache["encoded_now"])
+    return {"enabled": True, **cache}
+
+
 def _fingerprint_chain(stage: str, generator: dict[str, Any], manifest: pd.DataFrame, params: dict[str, Any],
                        ref_augment: dict[str, Any]) -> str:
-    upstream = runs.data_fingerprint(resolve_generator_config(generator), _train_names(manifest, params))
+    cache = dict(params.get("latent_cache") or {})
+    data = {**resolve_generator_config(generator),
+            "_latent_cache": {k: cache.get(k) for k in ("enabled", "variants", "dtype")} if cache.get("enabled") else None}
+    upstream = runs.data_fingerprint(data, _train_names(manifest, params))
     for s in runs.STAGES:
         own, upstream_next = runs.stage_fingerprints(upstream, runs.stage_config(params, s, ref_augment))
         if s == stage:
@@ -53,16 +70,20 @@ def _fingerprint_chain(stage: str, generator: dict[str, Any], manifest: pd.DataF
     raise ValueError(stage)
 
 
-def _train(stage: str, model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+def _train(stage: str, model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
            ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
     cfg = runs.stage_config(params, stage, ref_augment)
     if stage == "base" and generator.get("pretrained"):
         log.info("stage base skipped: the UNet comes pretrained from %s", generator["pretrained"])
         return model, []
+    if stage == "A" and model.mask_first:
+        log.info("stage A skipped: the base UNet is mask-conditioned (%s) from its first step", model.config["mask_conditioning"])
+        return model, []
     if int(cfg.get("steps", 0)) <= 0:
         log.info("stage %s skipped (steps: 0)", stage)
         return model, []
-    data = TileDataset(tiles, manifest[manifest["name"].isin(_train_names(manifest, params))], split=None)
+    rows = manifest[manifest["name"].isin(_train_names(manifest, params))]
+    data = LatentTileDataset(cache, tiles, rows) if cache.get("enabled") else TileDataset(tiles, rows, split=None)
     folder = runs.prepare_checkpoint_dir(Path(params["checkpoint_dir"]) / f"stage_{stage}",
                                          _fingerprint_chain(stage, generator, manifest, params, ref_augment))
     log.info("stage %s: %d training tiles, %d steps, checkpoints in %s", stage, len(data), cfg["steps"], folder)
@@ -70,19 +91,19 @@ def _train(stage: str, model: Any, tiles: TileSet, manifest: pd.DataFrame, param
     return result.model, result.history
 
 
-def train_base(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+def train_base(model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
                ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
-    return _train("base", model, tiles, manifest, params, ref_augment, generator)
+    return _train("base", model, cache, tiles, manifest, params, ref_augment, generator)
 
 
-def train_stage_a(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+def train_stage_a(model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
                   ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
-    return _train("A", model, tiles, manifest, params, ref_augment, generator)
+    return _train("A", model, cache, tiles, manifest, params, ref_augment, generator)
 
 
-def train_stage_b(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+def train_stage_b(model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
                   ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
-    return _train("B", model, tiles, manifest, params, ref_augment, generator)
+    return _train("B", model, cache, tiles, manifest, params, ref_augment, generator)
 
 
 def report_training(

@@ -4,7 +4,7 @@ from kedro.pipeline import Node, Pipeline
 
 from . import nodes
 
-_COMMON = ["tiles", "tile_manifest", "params:train_generator", "params:ref_augment", "params:generator"]
+_COMMON = ["generator_latent_cache", "tiles", "tile_manifest", "params:train_generator", "params:ref_augment", "params:generator"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -12,6 +12,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(nodes.init_generator, ["class_registry", "params:generator", "params:train_generator"],
                  "generator_init", name="init_generator"),
+            Node(nodes.cache_latents, ["generator_init", "tiles", "tile_manifest", "params:train_generator"],
+                 "generator_latent_cache", name="cache_latents"),
             Node(nodes.train_base, ["generator_init", *_COMMON], ["generator_base", "generator_history_base"],
                  name="train_generator_base"),
             Node(nodes.train_stage_a, ["generator_base", *_COMMON], ["generator_stage_a", "generator_history_a"],
