@@ -20,7 +20,8 @@ FAST = {
                         "common": {"checkpoint_every": 4, "batch_size": 4, "log_every": 4},
                         "report": {"tiles": 2, "sample": {"steps": 2}}},
     "references": {"seeds_per_pair": 2},
-    "sample": {"sampler": {"steps": 2}, "chunk": 8},
+    "sample": {"sampler": {"steps": 2}, "chunk": 8, "quality": {"images": 8, "min_images": 2}},
+    "filter": {"reading": {"tiles": 2, "guidance": [2.0]}},
     "segmenter": {"train": {"iterations": 20, "val_interval": 10, "checkpoint_interval": 10, "log_interval": 10}},
 }
 
@@ -97,8 +98,13 @@ def test_one_mlflow_run_with_curves_figures_and_child_runs(chain):
         params = {k for (k,) in db.execute("select key from params where run_uuid = ?", (parent_id,))}
     assert {"real_segmenter", "baseline-seed0", "augmented-seed0"} <= set(children)
     assert set(children.values()) == {parent_id}
-    assert {"generator_base/loss", "generator_A/loss", "generator_B/loss", "generator_B/lr",
-            "generator_B/effective_batch_size"} <= metrics
+    assert {"generator_base/loss", "generator_B/loss", "generator_B/lr", "generator_B/effective_batch_size"} <= metrics
+    assert "generator_A/loss" not in metrics  # a mask-first base needs no stage-A ControlNet
+    assert {"reading.mIoU_g2", "reading.dominant_acc_g2", "reading.mIoU_real"} <= metrics, sorted(metrics)
+    from tisynth.quality import fid_available
+
+    if fid_available():
+        assert {"quality.fid", "quality.kid_mean"} <= metrics
     assert {"segment.target.augmented.mIoU", "segment.test.baseline.mIoU"} <= metrics, sorted(metrics)
     assert {"generator.mask_gain_t950", "generator.loss_true_mask_t950", "generator.loss_other_mask_t600"} <= metrics
     assert "train_generator.B.steps" in params and "dataset.kind" in params

@@ -72,3 +72,34 @@ def synthetic_grid(
     k = max((len(r) - 2 for r in rows), default=0)
     return image_grid(rows, col_titles=["mask", f"Ref ({manifest['ref_domain'].iloc[0]})"] + [f"synthetic {j + 1}" for j in range(k)],
                       row_titles=titles, title="Synthetic images: mask | Ref | samples")
+
+
+def synthetic_image_quality(
+    images: TileSet, manifest: pd.DataFrame, tiles: TileSet, tile_manifest: pd.DataFrame, params: dict[str, Any]
+) -> dict[str, Any]:
+    """FID and KID of the synthetic images against real tiles of a held-out split (MLflow metrics
+    ``quality.fid``, ``quality.kid``), with the standard FID Inception network
+    (:mod:`tisynth.quality`); skipped with a message when that network is not installed."""
+    from tisynth import quality
+
+    cfg = dict(params.get("quality") or {})
+    n = int(cfg.get("images", 0))
+    if n <= 0 or manifest.empty:
+        log.info("image quality (FID/KID) skipped (sample.quality.images: %s)", n)
+        return {}
+    if not quality.fid_available():
+        log.warning("image quality (FID/KID) skipped: the FID Inception network is not installed (%s)", quality.INSTALL_HINT)
+        return {}
+    split = str(cfg.get("real_split", "val"))
+    real_rows = tile_manifest[tile_manifest["split"] == split].head(n)
+    least = max(2, int(cfg.get("min_images", 20)))
+    if len(real_rows) < least or len(manifest) < least:
+        log.info("image quality (FID/KID) skipped: %d real %r tiles and %d synthetic images, fewer than min_images %d",
+                 len(real_rows), split, len(manifest), least)
+        return {}
+    synthetic = [images.read_image(p) for p in manifest["image"].head(n)]
+    real = [tiles.read_image(p) for p in real_rows["image"]]
+    result = quality.image_quality(synthetic, real, kid_subset_size=int(cfg.get("kid_subset_size", 100)))
+    log.info("FID %.1f, KID %.4f ± %.4f (%d synthetic vs %d real %s tiles)", result["fid"], result["kid_mean"],
+             result["kid_std"], result["n_a"], result["n_b"], split)
+    return {key: {"value": float(result[key]), "step": 0} for key in ("fid", "kid_mean", "kid_std")}

@@ -15,5 +15,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(nodes.synthetic_grid,
                  ["synthetic_images", "tiles", "target_tiles", "synthetic_manifest", "class_registry", "params:sample"],
                  "synthetic_grid", name="synthetic_grid"),
+            Node(nodes.synthetic_image_quality,
+                 ["synthetic_images", "synthetic_manifest", "tiles", "tile_manifest", "params:sample"],
+                 "synthetic_quality", name="synthetic_image_quality"),
         ]
     )
