@@ -139,3 +139,52 @@ def test_mixing_budgets(five, tmp_path):
     assert r["train_cfg"]["max_iters"] == 600
     with pytest.raises(ConfigError):
         MixConfig.from_params({"mode": "paper", "real_fraction": 0.5})
+
+
+@pytest.mark.parametrize("variant, channels", [("lite0", [24, 40, 112, 320]), ("lite2", [24, 48, 120, 352])])
+def test_efficientnet_lite_model_config(five, variant, channels):
+    cfg = SegmenterConfig.from_params({"model": {"type": "efficientnet_lite", "variant": variant}})
+    model = build_model_config(cfg, five)
+    backbone, head = model["backbone"], model["decode_head"]
+    assert backbone["type"] == "EfficientNetLite" and backbone["variant"] == variant
+    assert backbone["out_indices"] == [1, 2, 4, 6] and backbone["pretrained"] is True
+    assert "init_cfg" not in backbone
+    assert head["type"] == "SegformerHead" and head["in_channels"] == channels and head["in_index"] == [0, 1, 2, 3]
+    assert head["channels"] == cfg.model.head_channels
+    assert head["num_classes"] == 5 and head["ignore_index"] == IGNORE_INDEX
+    assert "auxiliary_head" not in model
+    # the encoder's normalisation, (x - 127) / 128 of RGB, replaces the ImageNet defaults for
+    # training (data preprocessor) and inference (Segmenter reads config.data) alike
+    assert cfg.data.mean == (127.0,) * 3 and cfg.data.std == (128.0,) * 3
+    assert model["data_preprocessor"]["mean"] == [127.0] * 3 and model["data_preprocessor"]["std"] == [128.0] * 3
+    assert model["data_preprocessor"]["bgr_to_rgb"] is False
+
+
+def test_efficientnet_lite_pretrained_and_normalisation_choices(five):
+    own = SegmenterConfig.from_params({"model": {"type": "efficientnet_lite", "pretrained": "w/enc.pth"},
+                                       "data": {"mean": [0, 0, 0], "std": [255, 255, 255]}})
+    backbone = build_model_config(own, five)["backbone"]
+    assert backbone["pretrained"] is False  # a checkpoint of one's own replaces the ImageNet weights
+    assert backbone["init_cfg"] == {"type": "Pretrained", "checkpoint": "w/enc.pth"}
+    assert own.data.mean == (0.0, 0.0, 0.0)  # and may come with its own normalisation
+    with pytest.raises(ConfigError, match=r"segmenter\.data\.mean.*127"):
+        SegmenterConfig.from_params({"model": {"type": "efficientnet_lite"}, "data": {"mean": [0, 0, 0]}})
+    with pytest.raises(ConfigError, match=r"segmenter\.model\.variant"):
+        SegmenterConfig.from_params({"model": {"type": "efficientnet_lite", "variant": "lite1"}})
+    aux = build_model_config(SegmenterConfig.from_params(
+        {"model": {"type": "efficientnet_lite", "variant": "lite2", "auxiliary_head": True}}), five)
+    assert aux["auxiliary_head"]["in_channels"] == 120 and aux["auxiliary_head"]["in_index"] == 2
+
+
+def test_new_model_keys_keep_existing_fingerprints():
+    # to_dict() feeds the job fingerprints that name work folders: a key added later must not
+    # appear while it holds its default, or every existing job would be trained again
+    before = ["type", "base_channels", "num_stages", "embed_dims", "num_layers", "head_channels", "dropout",
+              "auxiliary_head", "pretrained", "sync_bn", "loss_avg_non_ignore", "overrides"]
+    for kind in ("segformer", "unet", "pspnet_r50"):
+        cfg = SegmenterConfig.from_params({"model": {"type": kind}})
+        assert list(cfg.to_dict()["model"]) == before
+        assert cfg.data.mean == (123.675, 116.28, 103.53)  # other model types keep their normalisation
+    lite2 = SegmenterConfig.from_params({"model": {"type": "efficientnet_lite", "variant": "lite2"}})
+    assert lite2.to_dict()["model"]["variant"] == "lite2"
+    assert SegmenterConfig.from_params(lite2.to_dict()) == lite2

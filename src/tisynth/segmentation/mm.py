@@ -11,6 +11,8 @@ Importing this module registers:
 * ``TisynthIoUMetric``: validation metric computed with :mod:`tisynth.metrics`;
 * ``TisynthProgressHook``: short progress lines (python logging, a ``progress.log`` in the
   work folder and, when an MLflow run is active, MLflow metrics);
+* ``EfficientNetLite`` (model registry): the ImageNet-pretrained encoder of
+  :mod:`tisynth.segmentation.backbones`;
 
 and replaces mmengine's local checkpoint loader by :func:`tisynth.segmentation.checkpoint.load_checkpoint_file`.
 """
@@ -35,6 +37,7 @@ from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATA_SAMPLERS, DATASETS, HOOKS, METRICS, TRANSFORMS
 from torch.utils.data import Sampler
 
+import tisynth.segmentation.backbones  # noqa: F401  (registers EfficientNetLite)
 from tisynth.classes import IGNORE_INDEX
 from tisynth.io import DataError, read_image
 from tisynth.metrics import confusion_matrix, metrics_from_confusion
