@@ -20,8 +20,8 @@ FAST = {
                         "common": {"checkpoint_every": 4, "batch_size": 4, "log_every": 4},
                         "report": {"tiles": 2, "sample": {"steps": 2}}},
     "references": {"seeds_per_pair": 2},
-    "sample": {"sampler": {"steps": 2}, "chunk": 8, "quality": {"images": 8, "min_images": 2}},
-    "filter": {"reading": {"tiles": 2, "guidance": [2.0]}},
+    "sample": {"sampler": {"steps": 2}, "chunk": 8, "quality": {"images": 8, "min_images": 2, "real_split": "train"}},
+    "read_generator": {"tiles": 2, "stride": 1, "guidance": [2.0]},
     "segmenter": {"train": {"iterations": 20, "val_interval": 10, "checkpoint_interval": 10, "log_interval": 10}},
 }
 

@@ -12,7 +12,7 @@ import pandas as pd
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
-STAGES = ["ingest", "references", "train_generator", "sample", "filter", "segment"]
+STAGES = ["ingest", "references", "train_generator", "sample", "filter", "read_generator", "segment"]
 
 
 def cli(args: list[str], cwd: Path, timeout: int = 600) -> str:

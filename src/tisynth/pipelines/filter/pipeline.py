@@ -32,8 +32,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                  ["filtered_manifest", "synthetic_images", "filtered_synthetic", "tiles", "class_registry",
                   "params:filter"],
                  "filter_examples", name="plot_filter_examples"),
-            Node(nodes.read_generator_images,
-                 ["real_segmenter", "generator", "tiles", "tile_manifest", "params:filter", "params:sample"],
-                 ["generator_reading", "generator_reading_metrics"], name="read_generator_images"),
+
         ]
     )

@@ -7,9 +7,9 @@ loading finds it by name: ``kedro run --pipeline=synthesize`` imports only this 
 from kedro.pipeline import Pipeline
 
 from tisynth.pipelines import filter as filter_pipeline
-from tisynth.pipelines import ingest, references, sample, train_generator
+from tisynth.pipelines import ingest, read_generator, references, sample, train_generator
 
-STAGES = (ingest, references, train_generator, sample, filter_pipeline)
+STAGES = (ingest, references, train_generator, sample, filter_pipeline, read_generator)
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -1,0 +1,16 @@
+"""The ``read_generator`` pipeline: does the generator follow its masks? The real-only
+segmenter of ``filter`` reads images sampled for held-out masks (:mod:`tisynth.reading`)."""
+
+from kedro.pipeline import Node, Pipeline
+
+from . import nodes
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(nodes.read_generator_images,
+                 ["real_segmenter", "generator", "tiles", "tile_manifest", "params:read_generator", "params:sample"],
+                 ["generator_reading", "generator_reading_metrics"], name="read_generator_images"),
+        ]
+    )
