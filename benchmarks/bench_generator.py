@@ -73,7 +73,8 @@ def _run_case(case: str, args: argparse.Namespace, queue: Any) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     reg = _registry()
-    model = build_generator({"preset": args.preset, **({"image_size": args.image_size} if args.image_size else {})}, reg)
+    overrides = json.loads(args.overrides) if args.overrides else {}
+    model = build_generator({"preset": args.preset, **overrides, **({"image_size": args.image_size} if args.image_size else {})}, reg)
     size = args.image_size or model.config["image_size"]
     model.to(device)
     reference = case.endswith("reference")
@@ -157,11 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--overrides", default=None, help="generator config keys over the preset, as JSON")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the cases in this process (quick dry runs; peak memory then covers every case so far)")
     args = p.parse_args(argv)
 
     ctx = mp.get_context("spawn")
     results = []
     for case in args.cases.split(","):
+        if args.in_process:
+            import queue
+
+            local: queue.Queue = queue.Queue()
+            _run_case(case, args, local)
+            results.append(local.get())
+            continue
         q = ctx.Queue()
         proc = ctx.Process(target=_run_case, args=(case, args, q))
         proc.start()

@@ -1,4 +1,8 @@
-"""Run the project as ``python -m tisynth`` (the same as ``kedro run``)."""
+"""Run the project as ``python -m tisynth`` (the same as ``kedro run``).
+
+One more command is not a pipeline run: ``python -m tisynth import-checkpoint CHECKPOINT OUT_DIR
+--classes TABLE`` imports the authors' TISynth checkpoint (:mod:`tisynth.generator.ldm_import`).
+"""
 
 import sys
 from pathlib import Path
@@ -7,8 +11,15 @@ from typing import Any
 from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
+COMMANDS = {"import-checkpoint": "tisynth.generator.ldm_import"}
+"""Sub-commands that are not ``kedro run``: name -> module with ``main(argv) -> exit code``."""
+
 
 def main(*args: Any, **kwargs: Any) -> Any:
+    if not args and len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
+        from importlib import import_module
+
+        sys.exit(import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
     package_name = Path(__file__).parent.name
     configure_project(package_name)
     kwargs["standalone_mode"] = not hasattr(sys, "ps1")

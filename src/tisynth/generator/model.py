@@ -667,10 +667,34 @@ def build_generator(config: Mapping[str, Any] | None, registry: ClassRegistry, s
 
 
 def _build(cfg: dict[str, Any], registry: ClassRegistry) -> TISynthGenerator:
+    from tisynth.generator.autoencoders import KLAutoencoder
+    from tisynth.generator.ldm import SINGLE_FILE_OPTIONS, is_single_file, load_single_file
+
     kw = dict(cfg.get("pretrained_kwargs") or {})
     base = cfg.get("pretrained")
     ae_cfg = dict(cfg["autoencoder"])
-    if base:
+    if base and is_single_file(base):
+        # one file in the original LDM layout (e.g. v1-5-pruned-emaonly.safetensors), loaded offline
+        # and strictly; pretrained_kwargs: original_config (LDM yaml), tokenizer (folder or hub id)
+        unknown = set(kw) - SINGLE_FILE_OPTIONS
+        if unknown and not kw.get("tokenizer"):
+            raise GeneratorConfigError(
+                f"pretrained {base} is a single file: pretrained_kwargs {sorted(unknown)} apply only to a tokenizer given "
+                f"by pretrained_kwargs.tokenizer; the single-file options are {sorted(SINGLE_FILE_OPTIONS)}"
+            )
+        if ae_cfg.get("type") != "kl":
+            raise GeneratorConfigError(f"pretrained {base} holds a KL autoencoder; autoencoder.type {ae_cfg.get('type')!r} cannot use it")
+        parts = load_single_file(base, **kw)
+        ae_cfg.pop("config", None)
+        ae_cfg["pretrained"] = base
+        autoencoder = KLAutoencoder(parts.vae, posterior=ae_cfg.get("posterior", "mode"))
+        autoencoder.requires_grad_(False)
+        autoencoder.eval()
+        unet, text_encoder, tokenizer = parts.unet, parts.text_encoder, parts.tokenizer
+        scheduler_config = dict(parts.scheduler_config)
+        cfg["scheduler"] = dict(scheduler_config)
+        cfg["autoencoder"] = ae_cfg
+    elif base:
         if ae_cfg.get("type") == "kl" and not ae_cfg.get("pretrained"):
             ae_cfg.pop("config", None)
             ae_cfg["pretrained"] = base
