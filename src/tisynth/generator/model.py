@@ -253,12 +253,7 @@ class TISynthGenerator(nn.Module):
         self.sites: list[AIASite] = derive_aia_sites(unet, include_mid=bool(self.config["train_mid_aia"]), heads=self.config.get("aia_heads"))
         self.aia = nn.ModuleDict({s.name: AIALayer(s.dim, s.kv_dim, s.heads) for s in self.sites})
         if aia_state is not None:
-            result = self.aia.load_state_dict(dict(aia_state), strict=False)
-            if result.missing_keys or result.unexpected_keys:
-                raise GeneratorError(
-                    f"AIA weights do not fit the UNet's sites (missing {result.missing_keys[:4]}, "
-                    f"unexpected {result.unexpected_keys[:4]}); was train_mid_aia or the UNet changed?"
-                )
+            _load_exactly(self.aia, aia_state, "AIA weights do not fit the UNet's sites", "; was train_mid_aia or the UNet changed?")
         self.features = FeatureStore()
         self._hooks = attach_aia(self.unet, self.sites, self.aia, self.features)
         self.mask_cond = build_mask_conditioning(
@@ -266,12 +261,7 @@ class TISynthGenerator(nn.Module):
             int(self.config.get("mask_conditioning_hidden", 32)),
         )
         if mask_cond_state is not None:
-            result = self.mask_cond.load_state_dict(dict(mask_cond_state), strict=False)
-            if result.missing_keys or result.unexpected_keys:
-                raise GeneratorError(
-                    f"mask-conditioning weights do not fit the UNet (missing {result.missing_keys[:4]}, "
-                    f"unexpected {result.unexpected_keys[:4]})"
-                )
+            _load_exactly(self.mask_cond, mask_cond_state, "mask-conditioning weights do not fit the UNet")
         self.mask_store = MaskStore()
         self._hooks += attach_mask_conditioning(self.unet, self.mask_cond, self.mask_store)
         self.needed_skips: list[int] = sorted({s.skip_index for s in self.sites if s.skip_index != MID})
@@ -635,6 +625,13 @@ class TISynthGenerator(nn.Module):
             "autoencoder": self.autoencoder,
         }
         return {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items() if k != "mask_cond" or len(m)}
+
+
+def _load_exactly(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, hint: str = "") -> None:
+    """Load ``state`` into ``module``; any missing or unexpected key is a :class:`GeneratorError`."""
+    result = module.load_state_dict(dict(state), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise GeneratorError(f"{what} (missing {result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]}){hint}")
 
 
 def _optional_weights(path: Path, config: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
