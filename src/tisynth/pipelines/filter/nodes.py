@@ -21,7 +21,7 @@ from tisynth.segmentation.segmenter import Segmenter
 log = logging.getLogger(__name__)
 
 
-def train_real_only_segmenter(
+def train_real_segmenter(
     tiles: TileSet, tile_manifest: pd.DataFrame, class_registry: ClassRegistry, segmenter: dict[str, Any],
     params: dict[str, Any],
 ) -> Segmenter:
@@ -41,7 +41,7 @@ def compute_class_losses(
     return filtering.compute_class_losses(real_segmenter, pairs, params.get("batch_size"))
 
 
-def evaluate_on_val(
+def select_hard_classes(
     real_segmenter: Segmenter, tiles: TileSet, tile_manifest: pd.DataFrame, class_registry: ClassRegistry,
     params: dict[str, Any],
 ) -> tuple[pd.DataFrame, list[str]]:

@@ -13,11 +13,11 @@ from . import nodes
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(nodes.train_real_only_segmenter, ["tiles", "tile_manifest", "class_registry", "params:segmenter", "params:filter"],
+            Node(nodes.train_real_segmenter, ["tiles", "tile_manifest", "class_registry", "params:segmenter", "params:filter"],
                  "real_segmenter", name="train_real_segmenter"),
             Node(nodes.compute_class_losses, ["real_segmenter", "tiles", "tile_manifest", "params:filter"],
                  "class_losses", name="compute_class_losses"),
-            Node(nodes.evaluate_on_val,
+            Node(nodes.select_hard_classes,
                  ["real_segmenter", "tiles", "tile_manifest", "class_registry", "params:filter"],
                  ["real_segmenter_val_metrics", "hard_classes"], name="select_hard_classes"),
             Node(nodes.filter_synthetic_masks,
@@ -33,5 +33,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                   "params:filter"],
                  "filter_examples", name="plot_filter_examples"),
 
-        ]
+        ],
+        namespace="filter",  # one group in kedro-viz; dataset names stay global
+        prefix_datasets_with_namespace=False,
     )

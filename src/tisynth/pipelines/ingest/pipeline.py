@@ -21,5 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(nodes.export_tisynth_jsonl, "tile_manifest", "tisynth_jsonl", name="export_tisynth_jsonl"),
             Node(nodes.summarise_classes, ["tile_manifest", "class_registry"],
                  ["class_statistics", "class_statistics_plot", "ingest_metrics"], name="summarise_classes"),
-        ]
+        ],
+        namespace="ingest",  # one group in kedro-viz; dataset names stay global
+        prefix_datasets_with_namespace=False,
     )

@@ -13,5 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="plan_synthesis"),
             Node(nodes.preview_ref_augmentation, ["tiles", "tile_manifest", "params:ref_augment", "params:references"],
                  "ref_augmentation_preview", name="preview_ref_augmentation"),
-        ]
+        ],
+        namespace="references",  # one group in kedro-viz; dataset names stay global
+        prefix_datasets_with_namespace=False,
     )

@@ -18,5 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(nodes.synthetic_image_quality,
                  ["synthetic_images", "synthetic_manifest", "tiles", "tile_manifest", "params:sample"],
                  "synthetic_quality", name="synthetic_image_quality"),
-        ]
+        ],
+        namespace="sample",  # one group in kedro-viz; dataset names stay global
+        prefix_datasets_with_namespace=False,
     )

@@ -52,7 +52,7 @@ def prepare_segment_data(
     return data
 
 
-def train_and_evaluate(
+def train_and_evaluate_segmenters(
     segment_data: dict[str, Any], class_registry: ClassRegistry, segmenter: dict[str, Any], params: dict[str, Any]
 ) -> tuple[Segmenter, Segmenter, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Baseline (real only) and augmented (real + synthetic) segmenters per seed, each evaluated once.
@@ -69,7 +69,7 @@ def train_and_evaluate(
             result.training)
 
 
-def build_report(
+def build_segment_report(
     segment_results: pd.DataFrame,
     segment_confusions: pd.DataFrame,
     segment_training: pd.DataFrame,
@@ -106,7 +106,7 @@ def build_report(
             report.plot_confusion_matrices(matrices, class_registry), metrics)
 
 
-def plot_predictions(
+def plot_segment_predictions(
     baseline_segmenter: Segmenter,
     augmented_segmenter: Segmenter,
     segment_data: dict[str, Any],

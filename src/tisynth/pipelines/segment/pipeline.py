@@ -19,17 +19,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                  ["tiles", "tile_manifest", "synthetic_images", "filtered_synthetic", "filtered_manifest",
                   "target_tiles", "target_manifest", "params:segment"],
                  "segment_data", name="prepare_segment_data"),
-            Node(nodes.train_and_evaluate, ["segment_data", "class_registry", "params:segmenter", "params:segment"],
+            Node(nodes.train_and_evaluate_segmenters, ["segment_data", "class_registry", "params:segmenter", "params:segment"],
                  ["baseline_segmenter", "augmented_segmenter", "segment_results", "segment_confusions",
                   "segment_training"],
                  name="train_and_evaluate_segmenters"),
-            Node(nodes.build_report,
+            Node(nodes.build_segment_report,
                  ["segment_results", "segment_confusions", "segment_training", "class_registry", "params:segment"],
                  ["segment_comparison", "segment_comparison_md", "segment_per_class_iou",
                   "segment_confusion_matrices", "segment_metrics"],
                  name="build_segment_report"),
-            Node(nodes.plot_predictions,
+            Node(nodes.plot_segment_predictions,
                  ["baseline_segmenter", "augmented_segmenter", "segment_data", "class_registry", "params:segment"],
                  "segment_examples", name="plot_segment_predictions"),
-        ]
+        ],
+        namespace="segment",  # one group in kedro-viz; dataset names stay global
+        prefix_datasets_with_namespace=False,
     )

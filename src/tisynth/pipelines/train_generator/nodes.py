@@ -91,22 +91,22 @@ def _train(stage: str, model: Any, cache: dict[str, Any], tiles: TileSet, manife
     return result.model, result.history
 
 
-def train_base(model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+def train_generator_base(model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
                ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
     return _train("base", model, cache, tiles, manifest, params, ref_augment, generator)
 
 
-def train_stage_a(model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+def train_generator_stage_a(model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
                   ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
     return _train("A", model, cache, tiles, manifest, params, ref_augment, generator)
 
 
-def train_stage_b(model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
+def train_generator_stage_b(model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
                   ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
     return _train("B", model, cache, tiles, manifest, params, ref_augment, generator)
 
 
-def report_training(
+def report_generator_training(
     history_base: list[dict[str, Any]], history_a: list[dict[str, Any]], history_b: list[dict[str, Any]],
     model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
 ) -> tuple[pd.DataFrame, Figure, Figure, dict[str, Any]]:
