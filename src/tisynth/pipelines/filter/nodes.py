@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from tisynth import filtering, report
 from tisynth.classes import ClassRegistry
 from tisynth.io import TileSet, read_image
-from tisynth.segmentation.experiment import train_real_segmenter
+from tisynth.segmentation import experiment
 from tisynth.segmentation.pairs import pairs_from_manifest, read_index_mask
 from tisynth.segmentation.segmenter import Segmenter
 
@@ -26,7 +26,7 @@ def train_real_segmenter(
     params: dict[str, Any],
 ) -> Segmenter:
     """Real-only segmenter on the train split, selected on val (nested MLflow run)."""
-    return train_real_segmenter(
+    return experiment.train_real_segmenter(
         tiles, tile_manifest, class_registry, segmenter, params["work_root"],
         train_split=params.get("train_split", "train"), val_split=params.get("val_split", "val"),
         name="real_segmenter", track=params.get("mlflow", True),
