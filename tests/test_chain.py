@@ -13,6 +13,8 @@ import pytest
 from tests.conftest import REPO, run_kedro
 from tisynth.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
 
+pytestmark = pytest.mark.slow  # the whole chain on the embedded default
+
 # every budget cut to the bone: the test checks the wiring and the contracts, not quality
 FAST = {
     "demo_scenes": {"n_scenes": 4, "size": 128},

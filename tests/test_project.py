@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.conftest import REPO
 
@@ -28,6 +29,7 @@ def test_registry_lists_every_pipeline():
     assert set(STAGES) | {"synthesize", "__default__"} <= listed
 
 
+@pytest.mark.slow
 def test_kedro_run_with_several_pipelines_from_the_command_line(kedro_project):
     cli([str(BIN / "kedro"), "run", "--pipelines=ingest,references", "--params=demo_scenes.size=128"], kedro_project)
     plan = pd.read_parquet(sorted((kedro_project / "data/04_feature/synthesis_plan.parquet").glob("*/*.parquet"))[-1])
@@ -68,6 +70,7 @@ def test_every_node_sits_in_its_stage_namespace_and_every_dataset_on_a_layer():
         assert {n: l for n, l in layers.items() if l not in LAYERS} == {}, env
 
 
+@pytest.mark.slow
 def test_kedro_viz_build_shows_the_stages_and_layers(kedro_project):
     import json
 

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from tisynth.classes import ClassRegistry
 from tisynth.generator import TISynthGenerator, build_generator
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
-TAEF2_DIR = SHARED_DATA / "weights" / "taef2"
-GID5_IMAGES = SHARED_DATA / "gid5" / "images"
 
 
 @pytest.fixture(autouse=True)

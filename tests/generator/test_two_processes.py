@@ -33,6 +33,8 @@ from safetensors.torch import load_file
 
 from tests.generator import two_process_worker as worker
 from tests.generator.sd15_fixture import write_sd15_fixture
+
+pytestmark = pytest.mark.slow  # real accelerate launches of two processes
 from tisynth.io import read_image
 
 STEPS, BATCH, WORLD = 3, 2, 2

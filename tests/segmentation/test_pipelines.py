@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
 
-from .toydata import synthetic_set, tiny_config
-from tisynth.io import TileSet
 from tisynth.datasets import FileTreeDataset, ModelDirectoryDataset
+from tisynth.io import TileSet
 from tisynth.pipelines.filter import create_pipeline as filter_pipeline
 from tisynth.pipelines.segment import create_pipeline as segment_pipeline
 from tisynth.segmentation.segmenter import Segmenter
+
+from .toydata import synthetic_set, tiny_config
 
 MODEL = "tisynth.segmentation.segmenter.Segmenter"
 
@@ -33,6 +35,7 @@ def test_pipeline_inputs_are_the_contract():
                                            "target_manifest", "params:segmenter", "params:segment"}
 
 
+@pytest.mark.slow
 def test_filter_then_segment(tmp_path, toy_tiles, registry):
     tiles, manifest = toy_tiles
     syn, syn_manifest = synthetic_set(tmp_path / "syn", tiles, manifest, n_good=5, n_bad=2)
@@ -99,4 +102,7 @@ def test_filter_then_segment(tmp_path, toy_tiles, registry):
     confusions = catalog.load("segment_confusions")
     test_pixels = sum(int((tiles.read_mask(m) != 255).sum()) for m in manifest[manifest["split"] == "test"]["mask"])
     assert confusions[confusions["variant"] == "baseline"]["pixels"].sum() == test_pixels
-    assert isinstance(pd.DataFrame(catalog.load("real_segmenter_val_metrics")), pd.DataFrame)
+    val_metrics = catalog.load("real_segmenter_val_metrics")  # one row per class, the hard ones marked
+    assert list(val_metrics["class"]) == registry.names
+    assert val_metrics["IoU"].between(0, 1).all() and val_metrics["hard"].dtype == bool
+    assert set(val_metrics.loc[val_metrics["hard"], "class"]) == set(catalog.load("hard_classes"))
