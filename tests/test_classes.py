@@ -94,9 +94,10 @@ def test_csv_missing_columns_is_a_clear_error(tmp_path):
 def test_prompt_follows_the_authors_convention(shared_data):
     """The TISynth demo mask holds ids {2, 14, 17, 20, 255}; its prompt in demo.json is the
     class names joined by spaces in ascending id order."""
-    from tisynth.io import read_raster
     import json
     from pathlib import Path
+
+    from tisynth.io import read_raster
 
     reg = ClassRegistry.from_csv(Path(__file__).resolve().parents[1] / "conf" / "classes" / "gid24.csv")
     demo = shared_data / "samples" / "tisynth_gid_demo"
@@ -126,5 +127,5 @@ def test_round_trip_dict_and_colorize_histogram():
 def test_same_classes_reports_differences():
     a = ClassRegistry.from_records(ROWS)
     b = ClassRegistry.from_records(ROWS[:2] + [{"id": 2, "name": "lake", "r": 0, "g": 0, "b": 255}, ROWS[3]])
-    assert a.same_classes(a) == []
-    assert a.same_classes(b) == ["id 2: 'water' vs 'lake'"]
+    assert a.class_differences(a) == []
+    assert a.class_differences(b) == ["id 2: 'water' vs 'lake'"]

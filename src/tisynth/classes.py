@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from tisynth.errors import TisynthError
+
 IGNORE_INDEX = 255
 """Index-space value of ignored pixels (losses, metrics and filtering skip it)."""
 
@@ -28,7 +30,7 @@ DEFAULT_PROMPT_TEMPLATE = "a satellite image of {classes}"
 IGNORE_NAMES = frozenset({"unlabeled", "unlabelled", "ignore", "ignored", "no-data", "nodata", "no data", "void"})
 
 
-class RegistryError(ValueError):
+class RegistryError(TisynthError, ValueError):
     """A class table or a mask disagrees with the registry."""
 
 
@@ -278,7 +280,7 @@ class ClassRegistry:
         except KeyError:
             raise RegistryError(f"unknown class {name!r}; the registry has {self.names}") from None
 
-    def same_classes(self, other: ClassRegistry) -> list[str]:
+    def class_differences(self, other: ClassRegistry) -> list[str]:
         """Differences in ids and names between two registries (empty when they agree)."""
         diffs = []
         mine = {c.id: c.name for c in self.classes}

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry, RegistryError
+from tisynth.errors import TisynthError
 from tisynth.io import TileSet, read_image, write_image, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +52,7 @@ FILTERED_MASK_DIR = "masks"
 FINGERPRINT_FILE = "filter_fingerprint.json"
 
 
-class FilterError(ValueError):
+class FilterError(TisynthError, ValueError):
     """Filtering inputs that do not fit together; the message names the row or file."""
 
 

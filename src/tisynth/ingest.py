@@ -539,7 +539,7 @@ def check_target_classes(source: ClassRegistry, tcfg: DatasetConfig) -> ClassReg
     if not has_table:
         return None
     target = load_registry(tcfg)
-    diffs = source.same_classes(target)
+    diffs = source.class_differences(target)
     if diffs:
         raise DataError(
             f"the class tables of source ({source.source}) and target ({target.source}) differ; "

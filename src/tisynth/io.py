@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tisynth.errors import TisynthError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-class DataError(ValueError):
+class DataError(TisynthError, ValueError):
     """Input data that cannot be used; the message names the file and the problem."""
 
 

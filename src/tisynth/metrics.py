@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from tisynth.classes import IGNORE_INDEX
+from tisynth.errors import TisynthError
 
 
-class MetricsError(ValueError):
+class MetricsError(TisynthError, ValueError):
     """Inputs of a metric computation that cannot be compared (shapes, class ranges)."""
 
 

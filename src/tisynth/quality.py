@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from scipy import linalg
 
+from tisynth.errors import TisynthError
+
 if TYPE_CHECKING:
     import torch
 
@@ -80,7 +82,7 @@ ImageSet = np.ndarray | Sequence[np.ndarray]
 """uint8 RGB images: an N×H×W×3 array, or a sequence of H×W×3 arrays of one size."""
 
 
-class QualityError(ValueError):
+class QualityError(TisynthError, ValueError):
     """Inputs of an image-quality computation that cannot be used, or a missing FID network."""
 
 

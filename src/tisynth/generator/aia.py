@@ -34,11 +34,13 @@ import torch
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
+from tisynth.errors import TisynthError
+
 MID = -1
 """Skip index used for middle-block sites (they read ``mid_block_res_sample``)."""
 
 
-class AIAError(ValueError):
+class AIAError(TisynthError, ValueError):
     """A UNet/ControlNet layout or a feature that does not fit the AIA sites."""
 
 

@@ -26,8 +26,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn import functional as F
 
+from tisynth.errors import TisynthError
 
-class AugmentError(ValueError):
+
+class AugmentError(TisynthError, ValueError):
     """Invalid augmentation parameters or input."""
 
 

@@ -35,10 +35,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from tisynth.errors import TisynthError
+
 CONFIG_NAME = "autoencoder.json"
 
 
-class AutoencoderError(ValueError):
+class AutoencoderError(TisynthError, ValueError):
     """An autoencoder config, weight file or input that cannot be used."""
 
 

@@ -75,9 +75,10 @@ from typing import Any
 
 from tisynth.classes import DEFAULT_PROMPT_TEMPLATE
 from tisynth.dicts import deep_merge
+from tisynth.errors import TisynthError
 
 
-class GeneratorConfigError(ValueError):
+class GeneratorConfigError(TisynthError, ValueError):
     """A generator config that cannot be built."""
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from tisynth.classes import IGNORE_INDEX
+from tisynth.errors import TisynthError
 
 ControlEncoding = Literal["onehot", "authors"]
 CONTROL_ENCODINGS: tuple[str, ...] = ("onehot", "authors")
 
 
-class ControlError(ValueError):
+class ControlError(TisynthError, ValueError):
     """A mask or a control setting that cannot be encoded."""
 
 

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tisynth.errors import TisynthError
 from tisynth.io import TileSet
 
 
-class DataError(ValueError):
+class TileDatasetError(TisynthError, ValueError):
     """A training item that cannot be used."""
 
 
@@ -36,15 +37,15 @@ class TileDataset(Dataset):
     def __init__(self, tileset: TileSet, manifest: Any, split: str | None = "train"):
         missing = [c for c in self.REQUIRED if c not in manifest.columns]
         if missing:
-            raise DataError(f"tile manifest lacks column(s) {missing}; needs {list(self.REQUIRED)}")
+            raise TileDatasetError(f"tile manifest lacks column(s) {missing}; needs {list(self.REQUIRED)}")
         rows = manifest
         if split is not None:
             if "split" not in manifest.columns:
-                raise DataError("tile manifest has no `split` column; pass split=None to use every row")
+                raise TileDatasetError("tile manifest has no `split` column; pass split=None to use every row")
             rows = rows[rows["split"] == split]
         rows = rows[rows["mask"].notna()]
         if len(rows) == 0:
-            raise DataError(f"no labelled tiles with split {split!r} in the manifest ({len(manifest)} rows)")
+            raise TileDatasetError(f"no labelled tiles with split {split!r} in the manifest ({len(manifest)} rows)")
         self.tileset = tileset
         self.rows = rows[list(self.REQUIRED)].reset_index(drop=True)
 
@@ -68,15 +69,15 @@ def as_item(item: Any, where: str = "item") -> dict[str, Any]:
     elif isinstance(item, Sequence) and len(item) == 3:
         image, mask, prompt = item
     else:
-        raise DataError(f"{where}: expected a dict with image/mask/prompt or an (image, mask, prompt) tuple")
+        raise TileDatasetError(f"{where}: expected a dict with image/mask/prompt or an (image, mask, prompt) tuple")
     image = np.asarray(image)
     mask = np.asarray(mask)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise DataError(f"{where}: image must be uint8 H×W×3, got {image.dtype} {image.shape}")
+        raise TileDatasetError(f"{where}: image must be uint8 H×W×3, got {image.dtype} {image.shape}")
     if mask.shape != image.shape[:2]:
-        raise DataError(f"{where}: mask shape {mask.shape} differs from image size {image.shape[:2]}")
+        raise TileDatasetError(f"{where}: mask shape {mask.shape} differs from image size {image.shape[:2]}")
     if not isinstance(prompt, str):
-        raise DataError(f"{where}: prompt must be a string, got {type(prompt).__name__}")
+        raise TileDatasetError(f"{where}: prompt must be a string, got {type(prompt).__name__}")
     return {"image": image, "mask": mask.astype(np.uint8, copy=False), "prompt": prompt}
 
 
@@ -93,7 +94,7 @@ def collate_items(items: Sequence[Any]) -> dict[str, Any]:
     norm = [as_item(it, f"item {i}") for i, it in enumerate(items)]
     sizes = {it["image"].shape for it in norm}
     if len(sizes) > 1:
-        raise DataError(f"items of one batch must share a size, got {sorted(sizes)}")
+        raise TileDatasetError(f"items of one batch must share a size, got {sorted(sizes)}")
     images = torch.from_numpy(np.stack([it["image"] for it in norm])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     masks = torch.from_numpy(np.stack([it["mask"] for it in norm]))
     return {"images": images, "masks": masks, "prompts": [it["prompt"] for it in norm]}
@@ -110,5 +111,5 @@ def uint8_to_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     if t.ndim == 3:
         t = t[None]
     if t.ndim != 4 or t.shape[-1] != 3 or t.dtype != torch.uint8:
-        raise DataError(f"images must be uint8 B×H×W×3, got {t.dtype} {tuple(t.shape)}")
+        raise TileDatasetError(f"images must be uint8 B×H×W×3, got {t.dtype} {tuple(t.shape)}")
     return t.permute(0, 3, 1, 2).float() / 127.5 - 1.0

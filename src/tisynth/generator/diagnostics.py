@@ -21,12 +21,13 @@ import torch
 from diffusers import DDPMScheduler
 from torch.nn import functional as F
 
+from tisynth.errors import TisynthError
 from tisynth.generator.model import TISynthGenerator
 
 DEFAULT_TIMESTEPS = (600, 800, 950)
 
 
-class DiagnosticsError(ValueError):
+class DiagnosticsError(TisynthError, ValueError):
     """Inputs a diagnostic cannot use."""
 
 

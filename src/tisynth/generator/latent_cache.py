@@ -38,8 +38,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from tisynth.errors import TisynthError
 from tisynth.generator.autoencoders import LatentAutoencoder
-from tisynth.generator.data import DataError, TileDataset, uint8_to_images
+from tisynth.generator.data import TileDataset, TileDatasetError, uint8_to_images
 from tisynth.io import TileSet, atomic_path, write_json_atomic
 
 CACHE_FILE = "cache.json"
@@ -48,7 +49,7 @@ VARIANT_SETS = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
 """Dihedral variants encoded for each ``variants`` setting (see :func:`dihedral`)."""
 
 
-class LatentCacheError(ValueError):
+class LatentCacheError(TisynthError, ValueError):
     """A latent cache that cannot be built or read as asked."""
 
 
@@ -172,7 +173,7 @@ def collate_latent_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch :class:`LatentTileDataset` items."""
     shapes = {tuple(it["latent"].shape) for it in items}
     if len(shapes) > 1:
-        raise DataError(f"cached latents of one batch must share a shape, got {sorted(shapes)}")
+        raise TileDatasetError(f"cached latents of one batch must share a shape, got {sorted(shapes)}")
     return {
         "latents": torch.stack([it["latent"] for it in items]),
         "variants": torch.stack([it["variants"] for it in items]),

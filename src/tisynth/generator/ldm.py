@@ -54,6 +54,8 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from tisynth.errors import TisynthError
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -124,7 +126,7 @@ SD15_ORIGINAL_CONFIG: dict[str, Any] = {
 """Stable Diffusion 1.x's ``v1-inference.yaml`` (the architecture and schedule keys)."""
 
 
-class LdmError(ValueError):
+class LdmError(TisynthError, ValueError):
     """An LDM-layout checkpoint or config that cannot be loaded as asked."""
 
 

@@ -31,12 +31,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from tisynth.classes import IGNORE_INDEX
+from tisynth.errors import TisynthError
 
 MASK_CONDITIONINGS = ("controlnet", "spade", "concat")
 """``controlnet``: the paper's (mask ControlNet, stage A); ``spade``/``concat``: mask-first base."""
 
 
-class MaskConditioningError(ValueError):
+class MaskConditioningError(TisynthError, ValueError):
     """A mask map or a mask-conditioning setting that cannot be used."""
 
 

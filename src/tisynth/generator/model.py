@@ -41,7 +41,17 @@ from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel
 
 from tisynth.classes import ClassRegistry
-from tisynth.generator.aia import MID, AIALayer, AIASite, FeatureStore, attach_aia, derive_aia_sites, feature_tokens, skip_channels
+from tisynth.errors import TisynthError
+from tisynth.generator.aia import (
+    MID,
+    AIALayer,
+    AIASite,
+    FeatureStore,
+    attach_aia,
+    derive_aia_sites,
+    feature_tokens,
+    skip_channels,
+)
 from tisynth.generator.autoencoders import LatentAutoencoder, build_autoencoder, load_autoencoder
 from tisynth.generator.config import GeneratorConfigError, hint_channels_for_factor, resolve_generator_config
 from tisynth.generator.control import control_channels, encode_control
@@ -54,7 +64,7 @@ MODES = ("base", "controlnet", "tisynth")
 STAGES = ("base", "A", "B")
 
 
-class GeneratorError(ValueError):
+class GeneratorError(TisynthError, ValueError):
     """A generator that cannot be built, loaded or called as asked."""
 
 
@@ -594,8 +604,9 @@ class TISynthGenerator(nn.Module):
         if meta.get("format_version") != FORMAT_VERSION:
             raise GeneratorError(f"{meta_path}: format version {meta.get('format_version')} not supported (expected {FORMAT_VERSION})")
         saved = ClassRegistry.from_dict(meta["registry"])
-        if registry is not None and saved.same_classes(registry):
-            raise GeneratorError(f"{folder}: trained for other classes than the given registry: {saved.same_classes(registry)}")
+        differences = saved.class_differences(registry) if registry is not None else []
+        if differences:
+            raise GeneratorError(f"{folder}: trained for other classes than the given registry: {differences}")
         model = cls(
             meta["config"],
             saved,

@@ -24,11 +24,12 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from tisynth.classes import ClassRegistry
+from tisynth.errors import TisynthError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 
 
-class TextError(ValueError):
+class TextError(TisynthError, ValueError):
     """A text-encoder or tokenizer setting that cannot be used."""
 
 

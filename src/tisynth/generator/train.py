@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from tisynth.dicts import dataclass_from_mapping
+from tisynth.errors import TisynthError
 from tisynth.generator.augment import RefAugment
 from tisynth.generator.data import TileDataset, collate_items, images_to_uint8
 from tisynth.generator.model import STAGES, TISynthGenerator
@@ -67,7 +68,7 @@ CHECKPOINT_PREFIX = "step-"
 __all__ = ["TileDataset", "TrainConfig", "TrainResult", "train_generator", "latest_checkpoint"]
 
 
-class TrainingError(ValueError):
+class TrainingError(TisynthError, ValueError):
     """Training settings, data or checkpoints that cannot be used."""
 
 

@@ -47,6 +47,8 @@ from mmseg.registry import MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tisynth.errors import TisynthError
+
 __all__ = [
     "DEFAULT_OUT_INDICES",
     "VARIANTS",
@@ -69,7 +71,7 @@ DEFAULT_OUT_INDICES = (1, 2, 4, 6)  # stages ending at strides 4, 8, 16, 32
 CLASSIFIER_KEY_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(TisynthError, RuntimeError):
     """The packaged ImageNet weights of a variant cannot be found or do not fit the encoder."""
 
 

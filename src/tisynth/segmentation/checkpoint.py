@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from tisynth.errors import TisynthError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(TisynthError, RuntimeError):
     """A checkpoint that cannot be loaded safely; the message names the file."""
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry
 from tisynth.dicts import dataclass_from_mapping, deep_merge
+from tisynth.errors import TisynthError
 
 MODEL_TYPES = ("segformer", "unet", "pspnet_r50", "efficientnet_lite")
 EFFICIENTNET_LITE_VARIANTS = ("lite0", "lite2")
@@ -61,7 +62,7 @@ EFFICIENTNET_LITE_CHANNELS = {"lite0": (24, 40, 112, 320), "lite2": (24, 48, 120
 LATE_KEYS: dict[str, dict[str, Any]] = {"model": {"variant": "lite0"}}
 
 
-class ConfigError(ValueError):
+class ConfigError(TisynthError, ValueError):
     """A segmentation parameter block that cannot be used; the message names the key."""
 
 
