@@ -3,6 +3,7 @@ the source's masks, Refs from the target, evaluation on both; then the notebook 
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sqlite3
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 from tests.conftest import REPO, run_kedro
 from tisynth.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
+from tisynth.params import deep_merge
+from tisynth.validation import ParameterError
 
 pytestmark = pytest.mark.slow  # the whole chain on the embedded default
 
@@ -137,3 +140,29 @@ def test_the_notebook_runs_headless_on_the_catalog(chain):
     pictures = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
     assert pictures >= 4
+
+
+# one nested typo per stage: the run must fail before its first node and leave data/ as it was
+TYPOS = {
+    "ingest": {"ingest": {"split": {"seeed": 1}}},
+    "references": {"references": {"pairing": {"stratgy": "random"}}},
+    "train_generator": {"train_generator": {"B": {"learning_rat": 1e-3}}},
+    "sample": {"sample": {"sampler": {"guidance_scal": 2.0}}},
+    "filter": {"filter": {"tolerence": 1.2}},
+    "read_generator": {"read_generator": {"guidanc": [2.0]}},
+    "segment": {"segment": {"mix": {"real_fractoin": 0.5}}},
+}
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("stage", list(TYPOS))
+def test_a_nested_typo_fails_before_any_output_changes(chain, stage):
+    before = _snapshot(chain / "data")
+    assert len(before) > 100  # the finished chain's outputs
+    with pytest.raises(ParameterError, match="did you mean"):
+        run_kedro(chain, [stage], params=deep_merge(FAST | {"target": {"root": ""}}, TYPOS[stage]))
+    assert _snapshot(chain / "data") == before

@@ -39,3 +39,24 @@ class MlflowStoreHook:
                    if server.get(key) is not None}
         if any(changed[key] != server[key] for key in changed):
             loader["mlflow"] = {**conf, "server": {**server, **changed}}
+
+
+class ParameterCheckHook:
+    """Checks every parameter block a run consumes before its first node (``tisynth.validation``)."""
+
+    def __init__(self) -> None:
+        self._conf_base: Path | None = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        loader = context.config_loader
+        self._conf_base = Path(loader.conf_source) / getattr(loader, "base_env", "base")
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        from tisynth.validation import blocks_of, load_defaults, validate_parameters
+
+        if self._conf_base is None or not self._conf_base.is_dir():
+            return
+        params = catalog.load("parameters")
+        validate_parameters(params, load_defaults(self._conf_base), blocks_of(pipeline.inputs()))

@@ -13,7 +13,7 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
 }
 
-from tisynth.hooks import MlflowStoreHook  # noqa: E402
+from tisynth.hooks import MlflowStoreHook, ParameterCheckHook  # noqa: E402
 
 # relative SQLite MLflow stores are anchored at the project root (before kedro-mlflow starts)
-HOOKS = (MlflowStoreHook(),)
+HOOKS = (MlflowStoreHook(), ParameterCheckHook())

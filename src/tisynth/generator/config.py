@@ -74,7 +74,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tisynth.classes import DEFAULT_PROMPT_TEMPLATE
-from tisynth.dicts import deep_merge
+from tisynth.params import deep_merge
 from tisynth.errors import TisynthError
 
 

@@ -24,7 +24,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from tisynth.dicts import dataclass_from_mapping
+from tisynth.params import dataclass_from_mapping
 from tisynth.errors import TisynthError
 from tisynth.generator.data import images_to_uint8, uint8_to_images
 from tisynth.generator.model import MODES, TISynthGenerator

@@ -52,7 +52,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from tisynth.dicts import dataclass_from_mapping
+from tisynth.params import dataclass_from_mapping
 from tisynth.errors import TisynthError
 from tisynth.generator.augment import RefAugment
 from tisynth.generator.data import TileDataset, collate_items, images_to_uint8

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry
-from tisynth.dicts import dataclass_from_mapping, deep_merge
+from tisynth.params import dataclass_from_mapping, deep_merge
 from tisynth.errors import TisynthError
 
 MODEL_TYPES = ("segformer", "unet", "pspnet_r50", "efficientnet_lite")
