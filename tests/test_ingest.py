@@ -335,3 +335,38 @@ def test_gid5_folder_dataset_ingests_with_its_split_and_class_shares(tmp_path, s
     for name, share in readme.items():
         assert 100 * shares[name] == pytest.approx(share, abs=0.1), name
     assert set(manifest["group"]) == {"builtup", "farmland", "forest", "meadow", "water"}
+
+
+# ------------------------------------------------------------------------- label-scarce protocol
+def test_labelled_fraction_keeps_a_stratified_share_and_never_writes_the_other_masks(tmp_path):
+    root = make_folder(tmp_path / "ds", n=60, split=False)
+    full_reg, full, _ = run_ingest(root, tmp_path / "full")
+    _, scarce, _ = run_ingest(root, tmp_path / "scarce", dataset={"labelled_fraction": 0.25, "labelled_seed": 3})
+    full, scarce = full.set_index("name"), scarce.set_index("name")
+    train = full.index[full["split"] == "train"]
+    kept = scarce.index[scarce["split"] == "train"]
+    held = scarce.index[scarce["split"] == "unlabeled"]
+    assert set(kept) | set(held) == set(train) and not set(kept) & set(held)
+    for k, group in full.loc[train].groupby("dominant"):  # a quarter of each dominant class, at least one
+        assert (scarce.loc[kept, "dominant"] == k).sum() == max(1, round(0.25 * len(group)))
+    # val and test are untouched
+    others = full.index[full["split"] != "train"]
+    assert scarce.loc[others, ["split", "mask", "dominant"]].equals(full.loc[others, ["split", "mask", "dominant"]])
+    # the held-out tiles carry no label information at all, and no mask file exists for them
+    assert scarce.loc[held, "mask"].isna().all() and scarce.loc[held, "prompt"].isna().all()
+    assert scarce.loc[held, [f"px_{k}" for k in range(full_reg.num_classes)] + ["px_ignore"]].isna().all().all()
+    assert (scarce.loc[held, "dominant"] == -1).all()
+    written = {p.stem for p in (tmp_path / "scarce" / "masks").iterdir()}
+    assert written == set(scarce.index[scarce["mask"].notna()]) and not written & set(held)
+    assert all((tmp_path / "scarce" / scarce.loc[n, "image"]).is_file() for n in held)  # images stay: the Ref pool
+    # seeded: the same seed picks the same tiles, another seed others
+    _, again, _ = run_ingest(root, tmp_path / "again", dataset={"labelled_fraction": 0.25, "labelled_seed": 3})
+    _, other, _ = run_ingest(root, tmp_path / "other", dataset={"labelled_fraction": 0.25, "labelled_seed": 4})
+    assert list(again.loc[again["split"] == "train", "name"]) == list(kept)
+    assert set(other.loc[other["split"] == "train", "name"]) != set(kept)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_labelled_fraction_outside_0_1_is_refused(tmp_path, fraction):
+    with pytest.raises(ingest.DataError, match="labelled_fraction must be in"):
+        ingest.DatasetConfig.from_params({"root": str(tmp_path), "labelled_fraction": fraction})

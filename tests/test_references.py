@@ -74,3 +74,13 @@ def test_bad_pairing_config():
     pool = references.build_pool(manifest(), ["val"], "target")
     with pytest.raises(DataError, match="not in the Ref pool"):
         references.plan_synthesis(manifest(), pool, cfg(pairing={"strategy": "same"}))
+
+
+def test_the_ref_pool_takes_splits_as_a_list_or_a_command_line_string():
+    m = pd.DataFrame({"name": ["a", "b", "c"], "split": ["train", "unlabeled", "val"], "image": ["a", "b", "c"],
+                      "group": ["g", "g", "g"]})
+    assert list(references.build_pool(m, "unlabeled", "source")["ref_name"]) == ["b"]
+    assert list(references.build_pool(m, "train,unlabeled", "source")["ref_name"]) == ["a", "b"]
+    assert list(references.build_pool(m, ["val"], "source")["ref_name"]) == ["c"]
+    with pytest.raises(references.DataError, match="Ref pool is empty"):
+        references.build_pool(m, "test", "source")

@@ -46,11 +46,16 @@ class DatasetConfig:
     bands: tuple[int, ...] | None = None  # 1-based bands for multi-band GeoTIFFs (default: 1, 2, 3)
     classes: Mapping[str, Any] = field(default_factory=lambda: {"table": "classes.csv", "ignore_id": "auto"})
     groups: tuple[str, ...] | None = None  # keep only sources of these groups (split file's scene/group column)
+    labelled_fraction: float = 1.0  # the label-scarce protocol: share of train tiles that keep their masks
+    labelled_seed: int = 0
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], what: str = "dataset") -> DatasetConfig:
         if "root" not in params or params["root"] in (None, ""):
             raise DataError(f"{what}.root is not set; pass --params={what}.root=<folder>")
+        fraction = float(params.get("labelled_fraction", 1.0))
+        if not 0.0 < fraction <= 1.0:
+            raise DataError(f"{what}.labelled_fraction must be in (0, 1], got {fraction}")
         bands = params.get("bands")
         groups = params.get("groups")
         if isinstance(groups, str):
@@ -65,6 +70,8 @@ class DatasetConfig:
             bands=tuple(int(b) for b in bands) if bands else None,
             classes=params.get("classes") or {"table": "classes.csv", "ignore_id": "auto"},
             groups=tuple(str(g) for g in groups) if groups else None,
+            labelled_fraction=float(params.get("labelled_fraction", 1.0)),
+            labelled_seed=int(params.get("labelled_seed", 0)),
         )
 
 
@@ -357,6 +364,34 @@ def assign_splits(
     return plan, problems
 
 
+def hold_out_labels(plan: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """The label-scarce protocol: keep the masks of ``fraction`` of the labelled train tiles.
+
+    The kept tiles are drawn per dominant class (seeded, at least one tile of every class that
+    dominates some train tile); every other train tile becomes an unlabeled tile (split
+    ``unlabeled``): its mask is not written, its manifest row carries no mask, class counts or
+    prompt, so no later stage can read its labels. They form the pool of unlabeled Refs.
+    Val and test tiles keep their masks.
+    """
+    if fraction >= 1.0:
+        return plan
+    plan = plan.copy()
+    train = plan[(plan["split"] == "train") & plan["source_mask"].notna()]
+    rng = np.random.default_rng(seed)
+    dropped: list[Any] = []
+    for _, group in train.sort_values("name").groupby("dominant", sort=True):
+        keep = max(1, int(round(fraction * len(group))))
+        dropped.extend(group.index[rng.permutation(len(group))[keep:]])
+    px = [c for c in plan.columns if c.startswith("px_")]
+    plan[px + ["source_mask", "prompt"]] = plan[px + ["source_mask", "prompt"]].astype(object)
+    plan.loc[dropped, "split"] = UNLABELED
+    plan.loc[dropped, ["source_mask", "prompt", *px]] = None
+    plan.loc[dropped, "dominant"] = -1
+    log.info("labelled_fraction %.2f: %d of %d train tiles keep their masks, %d become unlabeled Refs",
+             fraction, len(train) - len(dropped), len(train), len(dropped))
+    return plan
+
+
 def _keep_groups(sources: list[Source], problems: list[Problem], dcfg: DatasetConfig) -> tuple[list[Source], list[Problem]]:
     table = read_split_table(dcfg)
     column = None if table is None else next((c for c in ("group", "scene") if c in table.columns), None)
@@ -400,6 +435,7 @@ def plan_tiles(
             log.info("%d tile(s) dropped: more than %.0f%% ignore/no-data", int(dropped.sum()), 100 * icfg.max_ignore_fraction)
         plan = plan[~dropped].reset_index(drop=True)
         plan, split_problems = assign_splits(plan, read_split_table(dcfg), icfg, default_split)
+        plan = hold_out_labels(plan, dcfg.labelled_fraction, dcfg.labelled_seed)
         problems.extend(split_problems)
         bad_sources = {p.path for p in split_problems}
         plan = plan[~plan["source_image"].isin(bad_sources)].reset_index(drop=True)
@@ -461,7 +497,7 @@ def _write_chunk(rows: pd.DataFrame, stretch: tuple[float, float] | None, regist
                                   compress=icfg.compress)
                 else:
                     write_image(image_path, rgb)
-                if msk is not None:
+                if msk is not None and isinstance(row.mask, str):  # held-out labels are never read
                     mask = _tile_mask(registry, msk, img.valid_mask(w), w)
                     write_image(out / row.mask, mask)
             return len(rows)

@@ -55,3 +55,13 @@ def dataclass_from_mapping(cls: type, params: Mapping[str, Any] | None, error: t
         hints = "; ".join(f"{k}: did you mean {n[0]}?" for k, n in near.items() if n)
         raise error(f"{message} {unknown}{' (' + hints + ')' if hints else ''}; allowed: {sorted(known)}")
     return cls(**params)
+
+
+def split_names(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """A list of split names from a parameter: ``[train, val]``, ``"train"``, ``"train,val"`` or
+    ``"train val"`` (command-line friendly); ``None`` stays ``None`` (all splits)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return tuple(v for v in value.replace(",", " ").split() if v)
+    return tuple(str(v) for v in value)

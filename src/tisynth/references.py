@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tisynth.io import DataError
+from tisynth.params import split_names
 
 STRATEGIES = ("random", "same", "same_group", "list")
 POOL_COLUMNS = ["ref_name", "ref_domain", "ref", "ref_group"]
@@ -64,8 +65,9 @@ class PairingConfig:
         return cfg
 
 
-def build_pool(manifest: pd.DataFrame, splits: Sequence[str] | None, domain: str) -> pd.DataFrame:
+def build_pool(manifest: pd.DataFrame, splits: str | Sequence[str] | None, domain: str) -> pd.DataFrame:
     """Ref pool rows from a tile manifest: every tile of the given splits (all when None)."""
+    splits = split_names(splits)
     rows = manifest if not splits else manifest[manifest["split"].isin(list(splits))]
     if rows.empty:
         raise DataError(f"the Ref pool is empty: no {domain} tiles in splits {list(splits or [])}")
