@@ -1,7 +1,9 @@
 """Run the project as ``python -m tisynth`` (the same as ``kedro run``).
 
 One more command is not a pipeline run: ``python -m tisynth import-checkpoint CHECKPOINT OUT_DIR
---classes TABLE`` imports the authors' TISynth checkpoint (:mod:`tisynth.generator.ldm_import`).
+--classes TABLE`` imports the authors' TISynth checkpoint (:mod:`tisynth.generator.ldm_import`);
+``python -m tisynth sensor-shift SOURCE OUT`` makes a sensor-shift target domain
+(:mod:`tisynth.sensor_shift`).
 """
 
 import sys
@@ -11,7 +13,7 @@ from typing import Any
 from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
-COMMANDS = {"import-checkpoint": "tisynth.generator.ldm_import"}
+COMMANDS = {"import-checkpoint": "tisynth.generator.ldm_import", "sensor-shift": "tisynth.sensor_shift"}
 """Sub-commands that are not ``kedro run``: name -> module with ``main(argv) -> exit code``."""
 
 
