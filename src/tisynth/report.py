@@ -34,12 +34,44 @@ def _variant_order(variants: Sequence[str], baseline: str, augmented: str) -> li
 
 
 # ---------------------------------------------------------------------------- tables
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (linear in 1/df between entries).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (to about 3 decimals)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df in _T975:
+        return _T975[df]
+    keys = sorted(_T975)
+    if df > keys[-1]:
+        lo, hi, q_lo, q_hi = keys[-1], float("inf"), _T975[keys[-1]], 1.960
+    else:
+        lo = max(k for k in keys if k < df)
+        hi = min(k for k in keys if k > df)
+        q_lo, q_hi = _T975[lo], _T975[hi]
+    w = (1 / lo - 1 / df) / (1 / lo - (0 if hi == float("inf") else 1 / hi))
+    return q_lo + w * (q_hi - q_lo)
+
+
+def paired_interval(diff: Sequence[float]) -> tuple[float, float]:
+    """95 % paired-t interval of the mean of per-seed differences (NaNs with fewer than 2 seeds)."""
+    d = np.asarray(diff, dtype=float)
+    if len(d) < 2:
+        return float("nan"), float("nan")
+    half = t_quantile_975(len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean() - half), float(d.mean() + half)
+
+
 def comparison_table(results: pd.DataFrame, baseline: str = "baseline", augmented: str = "augmented") -> pd.DataFrame:
     """Mean and std over seeds of OA / mIoU / mAcc per eval set and variant, and the gain.
 
     Columns: ``eval_set, metric, <variant>_mean, <variant>_std`` for each variant,
     ``n_seeds`` and, when both are present, ``delta_mean`` / ``delta_std`` (augmented −
-    baseline, computed per seed then averaged; seeds are paired).
+    baseline, computed per seed then averaged; seeds are paired) and ``delta_ci_low`` /
+    ``delta_ci_high``, the 95 % paired-t interval of that mean over seeds.
     """
     missing = [c for c in RESULT_COLUMNS if c not in results.columns]
     if missing:
@@ -63,6 +95,7 @@ def comparison_table(results: pd.DataFrame, baseline: str = "baseline", augmente
                 diff = (per_variant[augmented] - per_variant[baseline]).dropna()
                 row["delta_mean"] = float(diff.mean()) if len(diff) else np.nan
                 row["delta_std"] = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0 if len(diff) else np.nan
+                row["delta_ci_low"], row["delta_ci_high"] = paired_interval(diff.to_numpy())
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -101,7 +134,7 @@ def comparison_markdown(
         part = table[table["eval_set"] == eval_set]
         n = int(part["n_seeds"].max())
         lines += [f"## {eval_set} ({n} seed{'s' if n != 1 else ''}, percent)", ""]
-        header = ["metric", *variants] + (["gain"] if "delta_mean" in part.columns else [])
+        header = ["metric", *variants] + (["gain", "gain, 95 % interval"] if "delta_mean" in part.columns else [])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for _, row in part.iterrows():
             cells = [str(row["metric"])] + [_pct(row[f"{v}_mean"], row[f"{v}_std"], n) for v in variants]
@@ -109,7 +142,12 @@ def comparison_markdown(
                 d = row["delta_mean"]
                 cells.append("n/a" if not np.isfinite(d) else
                              (f"{100 * d:+.2f} ± {100 * row['delta_std']:.2f}" if n > 1 else f"{100 * d:+.2f}"))
+                lo, hi = row.get("delta_ci_low", np.nan), row.get("delta_ci_high", np.nan)
+                cells.append(f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" if np.isfinite(lo) and np.isfinite(hi) else "n/a (one seed)")
             lines.append("| " + " | ".join(cells) + " |")
+        if "delta_mean" in part.columns and n > 1:
+            lines += ["", "Gain: augmented − baseline per seed (seeds paired: same seed, crops and initialisation), "
+                      "mean ± std; the interval is the 95 % paired-t interval of the mean gain over seeds."]
         lines.append("")
         if per_class is not None and len(per_class):
             pc = per_class[per_class["eval_set"] == eval_set]

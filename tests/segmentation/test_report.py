@@ -32,14 +32,28 @@ def test_comparison_table_mean_std_and_paired_gain():
     assert row["delta_mean"] == pytest.approx(0.06)  # per-seed gains 0.05 and 0.07
     assert row["delta_std"] == pytest.approx(np.std([0.05, 0.07], ddof=1))
     assert row["n_seeds"] == 2
+    half = 12.706 * np.std([0.05, 0.07], ddof=1) / np.sqrt(2)  # paired t, 1 degree of freedom
+    assert (row["delta_ci_low"], row["delta_ci_high"]) == pytest.approx((0.06 - half, 0.06 + half))
     assert list(table["metric"]) == ["OA", "mIoU", "mAcc"]
+
+
+def test_t_quantiles_and_the_paired_interval():
+    assert report.t_quantile_975(4) == pytest.approx(2.776)
+    assert report.t_quantile_975(25) == pytest.approx(2.060, abs=2e-3)  # between tabulated 20 and 30
+    assert report.t_quantile_975(10_000) == pytest.approx(1.960, abs=2e-3)
+    lo, hi = report.paired_interval([0.01, 0.02, 0.03, 0.02, 0.02])
+    assert lo < 0.02 < hi and hi - lo == pytest.approx(2 * 2.776 * np.std([0.01, 0.02, 0.03, 0.02, 0.02], ddof=1) / np.sqrt(5))
+    assert np.isnan(report.paired_interval([0.5])[0])
+    with pytest.raises(ValueError):
+        report.t_quantile_975(0)
 
 
 def test_markdown_report(registry):
     res = _results()
     md = report.comparison_markdown(report.comparison_table(res), report.per_class_table(res), notes=["equal budget"])
     assert "## test (2 seeds, percent)" in md
-    assert "| mIoU | 52.00 ± 2.83 | 58.00 ± 4.24 | +6.00 ± 1.41 |" in md
+    assert "| mIoU | 52.00 ± 2.83 | 58.00 ± 4.24 | +6.00 ± 1.41 | [-6.71, +18.71] |" in md  # 6 ± 12.706 * 1.41 / √2
+    assert "95 % paired-t interval" in md
     assert "| vegetation |" in md and "- equal budget" in md
 
 
