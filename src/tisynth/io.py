@@ -246,7 +246,12 @@ class TileSet:
         return f"TileSet({str(self.root)!r})"
 
     def path(self, relative: str | os.PathLike[str]) -> Path:
-        return self.root / relative
+        """The file of a manifest path; refused when it is absolute or climbs out of the folder."""
+        rel = Path(relative)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise DataError(f"{self.root}: manifest path {str(relative)!r} leaves the tile folder; "
+                            "paths in a manifest must be relative to it and stay inside")
+        return self.root / rel
 
     def read_image(self, relative: str) -> np.ndarray:
         return read_image(self.path(relative))

@@ -232,3 +232,16 @@ def test_stage_a_starts_from_the_base_as_trained(registry, tiles, tmp_path, from
     cn = model.mask_controlnet.down_blocks.state_dict()
     gap = max(float((cn[k] - unet[k]).abs().max()) for k in unet)
     assert (gap < 1e-9) == from_unet, gap
+
+
+def test_a_truncated_generator_checkpoint_stops_the_resume(registry, tiles, tmp_path):
+    from tisynth.weights import WeightsFileError
+
+    cfg = {"stage": "base", "steps": 2, "batch_size": 2, "learning_rate": 1e-3, "progress": False,
+           "checkpoint_every": 2, "seed": 0}
+    train_generator(build_generator({"preset": "tiny"}, registry, seed=0), tiles, cfg, tmp_path)
+    ckpt = latest_checkpoint(tmp_path)
+    weights = ckpt / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])  # a damaged copy
+    with pytest.raises(WeightsFileError, match="trainable.safetensors: cannot be read"):
+        train_generator(build_generator({"preset": "tiny"}, registry, seed=0), tiles, {**cfg, "steps": 4}, tmp_path)

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
 from tisynth.errors import TisynthError
+from tisynth.weights import read_safetensors
 
 CONFIG_NAME = "autoencoder.json"
 
@@ -412,8 +413,8 @@ def load_autoencoder(folder: str | Path) -> LatentAutoencoder:
     elif kind == "taef2":
         ae = TAEF2Autoencoder(scale=cfg.get("scale", 1.0), shift=cfg.get("shift", 0.0))
         assert isinstance(ae, TAEF2Autoencoder)
-        _load_strict(ae.encoder, load_file(str(folder / "encoder.safetensors")), f"{folder} encoder")
-        _load_strict(ae.decoder, load_file(str(folder / "decoder.safetensors")), f"{folder} decoder")
+        _load_strict(ae.encoder, read_safetensors(folder / "encoder.safetensors"), f"{folder} encoder")
+        _load_strict(ae.decoder, read_safetensors(folder / "decoder.safetensors"), f"{folder} decoder")
     else:
         raise AutoencoderError(f"{path}: unknown autoencoder type {kind!r}")
     ae.requires_grad_(False)

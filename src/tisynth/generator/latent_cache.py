@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -42,6 +42,7 @@ from tisynth.errors import TisynthError
 from tisynth.generator.autoencoders import LatentAutoencoder
 from tisynth.generator.data import TileDataset, TileDatasetError, uint8_to_images
 from tisynth.io import TileSet, atomic_path, write_json_atomic
+from tisynth.weights import read_safetensors
 
 CACHE_FILE = "cache.json"
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -157,7 +158,7 @@ class LatentTileDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         tile, variant = divmod(int(index), self.variants)
         row = self.tiles.rows.iloc[tile]
-        stack = load_file(str(self.folder / "latents" / f"{row['name']}.safetensors"))["latents"].float()
+        stack = read_safetensors(self.folder / "latents" / f"{row['name']}.safetensors")["latents"].float()
         mask = self.tiles.tileset.read_mask(str(row["mask"]))
         return {
             "name": str(row["name"]),

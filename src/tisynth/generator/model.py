@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel
 
@@ -57,6 +57,7 @@ from tisynth.generator.config import GeneratorConfigError, hint_channels_for_fac
 from tisynth.generator.control import control_channels, encode_control
 from tisynth.generator.mask_cond import MaskStore, attach_mask_conditioning, build_mask_conditioning
 from tisynth.generator.text import build_text_encoder, build_word_tokenizer, encode_prompts, prompt_vocabulary
+from tisynth.weights import read_safetensors
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "tisynth_generator.json"
@@ -617,7 +618,7 @@ class TISynthGenerator(nn.Module):
             dict(DDPMScheduler.from_pretrained(folder / "scheduler").config),
             ControlNetModel.from_pretrained(folder / "controlnet_mask"),
             ControlNetModel.from_pretrained(folder / "controlnet_ref"),
-            aia_state=load_file(str(folder / "aia" / "aia.safetensors")),
+            aia_state=read_safetensors(folder / "aia" / "aia.safetensors"),
             mask_cond_state=_optional_weights(folder / "mask_cond" / "mask_cond.safetensors", meta["config"]),
         )
         if device is not None:
@@ -650,7 +651,7 @@ def _optional_weights(path: Path, config: Mapping[str, Any]) -> dict[str, torch.
         return None
     if not path.is_file():
         raise GeneratorError(f"{path} is missing: the generator is mask-conditioned ({config['mask_conditioning']}) but its weights are not there")
-    return load_file(str(path))
+    return read_safetensors(path)
 
 
 @contextlib.contextmanager

@@ -46,19 +46,20 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from tisynth.params import dataclass_from_mapping
 from tisynth.errors import TisynthError
 from tisynth.generator.augment import RefAugment
 from tisynth.generator.data import TileDataset, collate_items, images_to_uint8
 from tisynth.generator.model import STAGES, TISynthGenerator
 from tisynth.generator.sample import SampleConfig, sample_grid, sample_images
 from tisynth.io import write_json_atomic
+from tisynth.params import dataclass_from_mapping
+from tisynth.weights import read_safetensors, read_torch
 
 Callback = Callable[[dict[str, Any]], None]
 STAGE_MODES = {"base": "base", "A": "controlnet", "B": "tisynth"}
@@ -479,16 +480,16 @@ def _load_checkpoint(
         raise TrainingError(
             f"checkpoint {path} was written by {state['num_processes']} processes, this run has {accelerator.num_processes}"
         )
-    weights = load_file(str(path / "trainable.safetensors"))
+    weights = read_safetensors(path / "trainable.safetensors")
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n in names:
             params[n].copy_(weights[n].to(params[n].device, params[n].dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    optimizer.load_state_dict(read_torch(path / "optimizer.pt"))
     if ema is not None:
         if not (path / "ema.safetensors").is_file():
             raise TrainingError(f"checkpoint {path} has no EMA weights but this run keeps an EMA (ema_decay); was ema_decay changed?")
-        ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+        ema.load_state_dict(read_safetensors(path / "ema.safetensors"))
     lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", map_location="cpu", weights_only=True))
     if accelerator.scaler is not None and (path / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", map_location="cpu", weights_only=True))

@@ -90,6 +90,9 @@ def load_checkpoint_file(filename: str | Path, map_location: Any = None) -> Any:
             "tisynth loads only tensors, containers and mmengine's logging buffers; convert this "
             "file to a plain state dict (torch.save(model.state_dict(), ...)) if you trust it"
         ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # a zip archive cut short, a damaged file
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint, truncated or corrupt? "
+                              f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
 
 
 def load_from_tisynth_local(filename: str, map_location: Any = None) -> Any:
