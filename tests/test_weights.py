@@ -45,5 +45,6 @@ def test_a_truncated_segmenter_checkpoint_is_refused(tmp_path):
 def test_manifest_paths_cannot_leave_the_tile_folder(tmp_path, bad):
     tiles = TileSet(tmp_path)
     assert tiles.path("images/a.png") == tmp_path / "images" / "a.png"
+    assert tiles.path(tmp_path / "images" / "a.png") == tmp_path / "images" / "a.png"  # absolute, inside
     with pytest.raises(DataError, match="leaves the tile folder"):
         tiles.read_image(bad)

@@ -246,12 +246,14 @@ class TileSet:
         return f"TileSet({str(self.root)!r})"
 
     def path(self, relative: str | os.PathLike[str]) -> Path:
-        """The file of a manifest path; refused when it is absolute or climbs out of the folder."""
+        """The file of a manifest path (relative to the folder, or absolute inside it); refused
+        when it leads out of the folder."""
         rel = Path(relative)
-        if rel.is_absolute() or ".." in rel.parts:
+        full = rel if rel.is_absolute() else self.root / rel
+        if ".." in rel.parts or not full.resolve().is_relative_to(self.root.resolve()):
             raise DataError(f"{self.root}: manifest path {str(relative)!r} leaves the tile folder; "
-                            "paths in a manifest must be relative to it and stay inside")
-        return self.root / rel
+                            "paths in a manifest must stay inside it")
+        return full
 
     def read_image(self, relative: str) -> np.ndarray:
         return read_image(self.path(relative))

@@ -50,7 +50,7 @@ def chain_params(dataset: Path, sd15: Path) -> dict:
             "train": {"iterations": 2, "val_interval": 2, "checkpoint_interval": 2, "log_interval": 1, "batch_size": 2,
                       "val_batch_size": 2, "num_workers": 0, "device": "cuda" if on_gpu else "cpu", "num_threads": 1},
         },
-        "filter": {"reading": {"tiles": 2, "stride": 1, "guidance": [9.0]}},
+        "read_generator": {"tiles": 2, "stride": 1, "guidance": [9.0]},
     }
 
 
