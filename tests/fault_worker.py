@@ -97,7 +97,27 @@ def train_segmenter(work: Path) -> None:
     seg.save_pretrained(work / "out" / "model")
 
 
-STAGES = {"ingest": ingest, "sample": sample, "train_generator": train_generator, "train_segmenter": train_segmenter}
+def filter_masks(work: Path) -> None:
+    from tests.segmentation.toydata import manifest_pairs, synthetic_set, tiny_config, toy_registry, write_toy_tiles
+    from tisynth import filtering
+    from tisynth.segmentation.train import train_segmenter as train
+
+    tiles_root = work / "tiles"
+    if not (tiles_root / "manifest.parquet").exists():
+        write_toy_tiles(tiles_root, {"train": 40, "val": 4}, seed=0).to_parquet(tiles_root / "manifest.parquet")
+    manifest = pd.read_parquet(tiles_root / "manifest.parquet")
+    tiles = TileSet(tiles_root)
+    cfg = tiny_config(train={"iterations": 8, "val_interval": 8, "checkpoint_interval": 8, "log_interval": 8})
+    seg = train(cfg, toy_registry(), manifest_pairs(tiles_root, manifest, "train"), manifest_pairs(tiles_root, manifest, "val"),
+                work / "segmenter", label="fault")  # finished once, then reused (done.json)
+    syn, syn_manifest = synthetic_set(work / "synthetic", tiles, manifest, n_good=30, n_bad=10)
+    losses = filtering.compute_class_losses(seg, manifest_pairs(tiles_root, manifest, "train"))
+    mu = filtering.class_losses_array(losses, 3)
+    filtering.filter_synthetic_set(seg, filtering.synthetic_items(syn_manifest, syn, tiles), mu, work / "out" / "filtered",
+                                   tolerance=1.25, batch_size=1)
+
+
+STAGES = {"filter": filter_masks, "ingest": ingest, "sample": sample, "train_generator": train_generator, "train_segmenter": train_segmenter}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

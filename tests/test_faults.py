@@ -135,3 +135,13 @@ def test_segmenter_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_
     assert info["iterations"] == ref["iterations"] == 40
     assert [r["iter"] for r in info["val_history"]] == [r["iter"] for r in ref["val_history"]]  # none lost or doubled
     assert leftovers(tmp_path / "out") == []
+
+
+def test_filter_killed_mid_run_resumes_bit_exact(tmp_path, reference):
+    masks = tmp_path / "out" / "filtered" / "masks"
+    k = _seeded("filter", 3, 35)  # of 40 filtered masks
+    kill_when("filter", tmp_path, lambda: _count(masks, "*.png") >= k)
+    assert 0 < _count(masks, "*.png") < 40
+    run_to_end("filter", tmp_path)
+    assert files(tmp_path / "out" / "filtered") == files(reference("filter") / "out" / "filtered")
+    assert leftovers(tmp_path / "out") == []
