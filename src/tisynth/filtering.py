@@ -56,6 +56,33 @@ class FilterError(TisynthError, ValueError):
     """Filtering inputs that do not fit together; the message names the row or file."""
 
 
+@dataclass(frozen=True)
+class FilterSettings:
+    """The ``filter`` parameter block, typed (conf/base/parameters_filter.yml documents each key)."""
+
+    work_root: str = "data/06_models/segmentation_work"
+    train_split: str = "train"
+    val_split: str | None = "val"
+    tolerance: float = 1.25
+    min_kept_fraction: float = 0.8
+    hard_classes: str | list[str] | None = "auto"
+    auto_hard_k: int = 1
+    batch_size: int | None = 16
+    examples: int = 6
+    mlflow: bool = True
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> FilterSettings:
+        from tisynth.params import dataclass_from_mapping
+
+        cfg = dataclass_from_mapping(cls, params, FilterError, "filter: unknown key(s)")
+        if cfg.tolerance <= 0 or not 0 <= cfg.min_kept_fraction <= 1:
+            raise FilterError(f"filter: tolerance must be > 0 and min_kept_fraction in [0, 1], got {cfg.tolerance}, {cfg.min_kept_fraction}")
+        if cfg.auto_hard_k < 0 or cfg.examples < 0 or (cfg.batch_size is not None and cfg.batch_size < 1):
+            raise FilterError("filter: auto_hard_k and examples must be >= 0 and batch_size >= 1")
+        return cfg
+
+
 # ---------------------------------------------------------------------------- pure functions
 def pixel_cross_entropy(logits: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Per-pixel cross-entropy ``-log softmax(logits)[label]``; 0 at ignored pixels.

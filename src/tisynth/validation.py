@@ -127,6 +127,12 @@ def _read_generator(params: Mapping[str, Any], block: Mapping[str, Any]) -> None
     ReadingSettings.from_params(block, (params.get("sample") or {}).get("sampler"))
 
 
+def _filter(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
+    from tisynth.filtering import FilterSettings
+
+    FilterSettings.from_params(block)
+
+
 def _segmenter(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
     from tisynth.segmentation.config import SegmenterConfig
 
@@ -142,6 +148,7 @@ VALUE_CHECKS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], None]] 
     "sample": _sample,
     "read_generator": _read_generator,
     "segmenter": _segmenter,
+    "filter": _filter,
 }
 
 

@@ -144,3 +144,12 @@ def test_synthetic_manifest_problems_are_named(tmp_path, toy_tiles):
         filtering.synthetic_items(bad, tmp_path, tiles)
     with pytest.raises(filtering.FilterError, match="missing column"):
         filtering.synthetic_items(bad.drop(columns="mask"), tmp_path, tiles)
+
+
+def test_filter_settings_are_typed_and_checked():
+    cfg = filtering.FilterSettings.from_params({"tolerance": 2.0, "hard_classes": ["water"]})
+    assert cfg.tolerance == 2.0 and cfg.hard_classes == ["water"] and cfg.min_kept_fraction == 0.8
+    with pytest.raises(filtering.FilterError, match="tolerence: did you mean tolerance"):
+        filtering.FilterSettings.from_params({"tolerence": 2.0})
+    with pytest.raises(filtering.FilterError, match="min_kept_fraction in"):
+        filtering.FilterSettings.from_params({"min_kept_fraction": 1.5})

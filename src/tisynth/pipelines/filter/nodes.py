@@ -26,10 +26,10 @@ def train_real_segmenter(
     params: dict[str, Any],
 ) -> Segmenter:
     """Real-only segmenter on the train split, selected on val (nested MLflow run)."""
+    cfg = filtering.FilterSettings.from_params(params)
     return experiment.train_real_segmenter(
-        tiles, tile_manifest, class_registry, segmenter, params["work_root"],
-        train_split=params.get("train_split", "train"), val_split=params.get("val_split", "val"),
-        name="real_segmenter", track=params.get("mlflow", True),
+        tiles, tile_manifest, class_registry, segmenter, cfg.work_root,
+        train_split=cfg.train_split, val_split=cfg.val_split, name="real_segmenter", track=cfg.mlflow,
     )
 
 
@@ -37,8 +37,9 @@ def compute_class_losses(
     real_segmenter: Segmenter, tiles: TileSet, tile_manifest: pd.DataFrame, params: dict[str, Any]
 ) -> pd.DataFrame:
     """Class-wise mean cross-entropy ``mu_c`` on the real training tiles."""
-    pairs = pairs_from_manifest(tile_manifest, tiles, params.get("train_split", "train"))
-    return filtering.compute_class_losses(real_segmenter, pairs, params.get("batch_size"))
+    cfg = filtering.FilterSettings.from_params(params)
+    pairs = pairs_from_manifest(tile_manifest, tiles, cfg.train_split)
+    return filtering.compute_class_losses(real_segmenter, pairs, cfg.batch_size)
 
 
 def select_hard_classes(
@@ -46,17 +47,18 @@ def select_hard_classes(
     params: dict[str, Any],
 ) -> tuple[pd.DataFrame, list[str]]:
     """Per-class val IoU of the real-only segmenter, and the hard classes (names)."""
-    val_split = params.get("val_split", "val")
+    cfg = filtering.FilterSettings.from_params(params)
+    val_split = cfg.val_split
     pairs = pairs_from_manifest(tile_manifest, tiles, val_split) if val_split else []
-    spec = params.get("hard_classes", "auto")
+    spec = cfg.hard_classes
     if pairs:
-        metrics = real_segmenter.evaluate(pairs, params.get("batch_size"))
+        metrics = real_segmenter.evaluate(pairs, cfg.batch_size)
         table = pd.DataFrame(metrics.per_class())
         iou = metrics.iou
     else:
         table = pd.DataFrame(columns=["class_index", "class", "IoU", "Acc", "truth_pixels", "predicted_pixels"])
         iou = None
-    hard = filtering.select_hard_classes(spec, class_registry, iou, int(params.get("auto_hard_k", 1)))
+    hard = filtering.select_hard_classes(spec, class_registry, iou, cfg.auto_hard_k)
     names = [class_registry.names[i] for i in hard]
     table["hard"] = [name in names for name in table["class"]] if len(table) else []
     log.info("hard classes (%s): %s", spec, names or "none")
@@ -74,8 +76,8 @@ def filter_synthetic_masks(
     """Writer for ``filtered_synthetic``: ``masks/<synthetic name>.png``, resumable."""
     items = filtering.synthetic_items(synthetic_manifest, synthetic_images, tiles)
     mu = filtering.class_losses_array(class_losses, real_segmenter.num_classes)
-    tolerance = float(params.get("tolerance", 1.25))
-    batch_size = params.get("batch_size")
+    cfg = filtering.FilterSettings.from_params(params)
+    tolerance, batch_size = cfg.tolerance, cfg.batch_size
 
     def writer(folder: Path) -> dict[str, int]:
         return filtering.filter_synthetic_set(real_segmenter, items, mu, folder, tolerance, batch_size)
@@ -97,7 +99,7 @@ def resample_synthetic(
     hard = filtering.select_hard_classes(hard_classes, class_registry)
     manifest, stats, summary = filtering.resample_filtered_set(
         synthetic_manifest, items, filtered_synthetic.root, class_registry, hard,
-        float(params.get("min_kept_fraction", 0.8)),
+        filtering.FilterSettings.from_params(params).min_kept_fraction,
     )
     log.info("resampling kept %d of %d synthetic pairs (%.1f%% of synthetic labelled pixels ignored)",
              int(summary["kept_pairs"]), int(summary["synthetic_pairs"]), 100 * summary["ignored_fraction"]
@@ -114,7 +116,7 @@ def plot_filter_examples(
     params: dict[str, Any],
 ) -> Figure:
     """Figure: synthetic image | mask | filtered mask for a few pairs (most filtered first, then kept)."""
-    n = int(params.get("examples", 6))
+    n = filtering.FilterSettings.from_params(params).examples
     k = class_registry.num_classes
     ordered = filtered_manifest.sort_values("kept_fraction", kind="stable")
     half = max(1, n // 2)
