@@ -3,6 +3,7 @@ bookkeeping around the generator stages."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -166,10 +167,14 @@ def test_checkpoint_folders_are_resumed_only_by_the_same_run(tmp_path):
     folder = tmp_path / "stage_A"
     generator_runs.prepare_checkpoint_dir(folder, fps[1])
     (folder / "step-00000005").mkdir()
+    (folder / "step-00000005" / "state.json").write_text("{}")
     generator_runs.prepare_checkpoint_dir(folder, fps[1])
     assert (folder / "step-00000005").is_dir()  # same run: kept for resuming
     generator_runs.prepare_checkpoint_dir(folder, own_a)
-    assert not (folder / "step-00000005").exists()  # another run: cleared
+    assert not (folder / "step-00000005").exists()  # another run: moved aside, not deleted
+    (aside,) = (folder / "superseded").iterdir()
+    assert (aside / "step-00000005").is_dir()
+    assert json.loads((aside / "run.json").read_text())["fingerprint"] == fps[1]
 
 
 def test_superseded_images_are_moved_aside_not_deleted(tmp_path, model, tiles):
@@ -180,8 +185,10 @@ def test_superseded_images_are_moved_aside_not_deleted(tmp_path, model, tiles):
     assert run(folder, model, plan.head(3), tileset, version="v2") == 3
     moved = list((folder / "superseded").iterdir())
     assert len(moved) == 1
-    kept = {p.name: p.read_bytes() for p in moved[0].iterdir() if p.suffix == ".png"}
+    kept = {p.name: p.read_bytes() for p in (moved[0] / "images").iterdir()}
     assert kept == first  # the earlier run's images survive, byte for byte
+    assert json.loads((moved[0] / "run.json").read_text())["fingerprint"]["generator_version"] == "v1"
+    assert synthesis.run_generator_version(folder) == "v2"
 
 
 def test_a_sampler_typo_fails_before_any_image_is_touched(tmp_path, model, tiles):

@@ -24,8 +24,6 @@ resumes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +35,8 @@ import pandas as pd
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry, RegistryError
 from tisynth.errors import TisynthError
-from tisynth.io import TileSet, read_image, write_image, write_json_atomic
+from tisynth.io import TileSet, read_image, write_image
+from tisynth.runs import RunFolder, weights_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from tisynth.segmentation.pairs import Pair
@@ -49,7 +48,7 @@ FREEMASK_EPS = 1e-5
 """Added to the pixel count of each class in the reference loss (the authors' constant)."""
 
 FILTERED_MASK_DIR = "masks"
-FINGERPRINT_FILE = "filter_fingerprint.json"
+LEGACY_FINGERPRINT_FILE = "filter_fingerprint.json"  # the manifest name before run.json
 
 
 class FilterError(TisynthError, ValueError):
@@ -316,11 +315,7 @@ def class_losses_array(class_losses: pd.DataFrame, num_classes: int) -> np.ndarr
 
 def segmenter_fingerprint(segmenter: Segmenter) -> str:
     """Hash of a segmenter's weights (filtered masks depend on them)."""
-    h = hashlib.sha256()
-    for key, value in sorted(segmenter.model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return weights_digest(segmenter.model)
 
 
 def filter_synthetic_set(
@@ -334,8 +329,9 @@ def filter_synthetic_set(
     """Write ``out_root/masks/<name>.png`` (index space) for every item; resumable.
 
     Files that exist are skipped when ``out_root`` was filtered with the same segmenter,
-    reference losses and tolerance (``filter_fingerprint.json``); otherwise every mask is
-    rewritten. Each file is written atomically.
+    reference losses and tolerance (its ``run.json``, :mod:`tisynth.runs`); otherwise the earlier
+    masks are moved, untouched, to ``out_root/superseded/`` and every mask is written anew.
+    Each file is written atomically.
 
     Returns:
         ``{"written": n, "skipped": m}``.
@@ -344,19 +340,10 @@ def filter_synthetic_set(
     mu = np.asarray(class_mean_loss, dtype=np.float64)
     fp = {"segmenter": segmenter_fingerprint(segmenter), "tolerance": float(tolerance),
           "class_mean_loss": [round(float(v), 10) for v in mu]}
-    fp_file = out_root / FINGERPRINT_FILE
-    same = fp_file.is_file() and json.loads(fp_file.read_text(encoding="utf-8")) == fp
-    if not same:
-        # masks of other settings (or of unknown origin) go first, so that an interruption
-        # after the new fingerprint is written can never leave stale masks to be skipped
-        stale = sorted((out_root / FILTERED_MASK_DIR).glob("*.png")) if (out_root / FILTERED_MASK_DIR).is_dir() else []
-        if stale:
-            log.info("filter settings or segmenter changed in %s: removing %d old masks", out_root, len(stale))
-        for path in stale:
-            path.unlink()
-    out_root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(fp_file, fp)
-    todo = [it for it in items if not (same and (out_root / it.filtered_mask).is_file())]
+    # masks of other settings (or of unknown origin) are set aside before the new manifest is
+    # written, so an interruption can never leave stale masks to be skipped
+    RunFolder.open(out_root, fp, entries=[FILTERED_MASK_DIR], legacy_manifest=LEGACY_FINGERPRINT_FILE)
+    todo = [it for it in items if not (out_root / it.filtered_mask).is_file()]
     skipped = len(items) - len(todo)
     bs = batch_size or segmenter.config.inference.batch_size
     written = 0

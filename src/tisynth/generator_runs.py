@@ -9,16 +9,13 @@ Each stage checkpoints into its own folder. The folder carries a fingerprint of 
 the stage's result depends on: the generator config, the training images, the stage's
 settings and the full history of the stages before it. A rerun with the same fingerprint
 resumes from the newest checkpoint (a finished stage returns at once; a larger ``steps``
-continues); a different fingerprint means the checkpoints belong to another run and they are
-cleared first.
+continues); a different fingerprint means the checkpoints belong to another run: they are
+moved, untouched, to ``superseded/`` inside the folder (:mod:`tisynth.runs`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tisynth.io import write_json_atomic
+from tisynth.runs import RunFolder, settings_digest
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +34,7 @@ _NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "checkpoints_keep", "log_eve
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+    return settings_digest(obj)
 
 
 def stage_config(params: Mapping[str, Any], stage: str, ref_augment: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -58,16 +55,9 @@ def data_fingerprint(generator_config: Mapping[str, Any], train_names: Sequence[
     return _digest([dict(generator_config), sorted(train_names)])
 
 
-def prepare_checkpoint_dir(folder: Path, fingerprint: str) -> Path:
-    """Make ``folder`` hold only checkpoints of this fingerprint (clear it otherwise)."""
-    marker = folder / "fingerprint.json"
-    if folder.exists() and (not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint):
-        if any(folder.iterdir()):
-            log.warning("%s holds checkpoints of another run (other data or settings): clearing it", folder)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(marker, {"fingerprint": fingerprint})
-    return folder
+def prepare_checkpoint_dir(folder: Path, fingerprint: str, policy: str = "set_aside") -> Path:
+    """Make ``folder`` hold only checkpoints of this fingerprint; another run's are set aside (or per ``policy``)."""
+    return RunFolder.open(folder, fingerprint, policy=policy, legacy_manifest="fingerprint.json").root
 
 
 def history_frame(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:

@@ -5,10 +5,10 @@
 
 * each image is written atomically under its plan name, and items whose file exists are
   skipped, so an interrupted run resumes where it stopped and never duplicates work;
-* a fingerprint of the generator and of the sampling settings is kept beside the images; when
-  either changes, the old images are stale: they are moved aside, never deleted, to
-  ``superseded/<their fingerprint>/`` before sampling starts (delete them by hand when they
-  are not needed);
+* a fingerprint of the generator and of the sampling settings is kept beside the images
+  (``run.json``, :mod:`tisynth.runs`); when either changes, the old images are stale: they are
+  moved aside, never deleted, to ``superseded/<digest of their fingerprint>/`` before sampling
+  starts (delete them by hand when they are not needed);
 * the sampling settings are validated when the settings are read, before any file is looked
   at, so a typo in a sampler key fails with nothing touched;
 * ``shard_index``/``shard_count`` split the plan between processes or machines that write into
@@ -22,7 +22,6 @@ sharding changes any pixel.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,11 +35,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tisynth.io import DataError, TileSet, write_image, write_json_atomic
+from tisynth.io import DataError, TileSet, write_image
+from tisynth.runs import MANIFEST, RunFolder, weights_digest
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT = "fingerprint.json"
+LEGACY_FINGERPRINT = "fingerprint.json"  # the manifest name before run.json
 
 
 @dataclass(frozen=True)
@@ -79,19 +79,24 @@ class SynthesisSettings:
 
 def generator_version(model: torch.nn.Module) -> str:
     """A short content hash of a generator's weights (what a synthetic image came from)."""
-    h = hashlib.blake2b(digest_size=8)
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        t = tensor.detach().cpu().contiguous()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    return weights_digest(model)
 
 
 def run_fingerprint(version: str, sample: Mapping[str, Any], image_format: str) -> dict[str, Any]:
     keep = {k: v for k, v in sample.items() if k not in ("batch_size", "progress", "device")}
     return {"generator_version": version, "sampler": keep, "image_format": image_format}
+
+
+def run_generator_version(folder: Path) -> str | None:
+    """The generator version recorded in a synthesis folder's manifest (``None`` when there is none)."""
+    for name, key in ((MANIFEST, "fingerprint"), (LEGACY_FINGERPRINT, None)):
+        path = Path(folder) / name
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data = data.get(key) if key else data
+            if isinstance(data, dict) and "generator_version" in data:
+                return data["generator_version"]
+    return None
 
 
 def image_path(name: str, image_format: str) -> str:
@@ -110,20 +115,8 @@ def write_synthetic_images(
     from tisynth.generator.sample import sample_images
 
     folder = Path(folder)
-    fingerprint = run_fingerprint(version, settings.sample, settings.image_format)
-    fp_path = folder / FINGERPRINT
-    if fp_path.is_file():
-        old = json.loads(fp_path.read_text())
-        if old != fingerprint and (folder / "images").is_dir():
-            tag = hashlib.blake2b(json.dumps(old, sort_keys=True).encode(), digest_size=6).hexdigest()
-            aside = folder / "superseded" / tag
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            if aside.exists():  # the same old settings were moved aside before: keep both
-                aside = aside.with_name(f"{tag}-{len(list(aside.parent.iterdir()))}")
-            os.replace(folder / "images", aside)
-            write_json_atomic(aside / FINGERPRINT, old)
-            log.warning("generator or sampler settings changed since the last run: the earlier images were moved to %s", aside)
-    write_json_atomic(fp_path, fingerprint)
+    RunFolder.open(folder, run_fingerprint(version, settings.sample, settings.image_format),
+                   entries=["images"], legacy_manifest=LEGACY_FINGERPRINT)
     (folder / "images").mkdir(parents=True, exist_ok=True)
 
     mine = plan.iloc[settings.shard_index :: settings.shard_count]
@@ -150,8 +143,7 @@ def _tileset(tilesets: Mapping[str, TileSet], domain: str) -> TileSet:
 
 def index_synthetic(folder: TileSet, plan: pd.DataFrame, image_format: str) -> pd.DataFrame:
     """The synthetic manifest: plan rows whose image exists, with the generator version."""
-    fp_path = folder.root / FINGERPRINT
-    version = json.loads(fp_path.read_text())["generator_version"] if fp_path.is_file() else None
+    version = run_generator_version(folder.root)
     rows = plan.copy()
     rows["image"] = [image_path(n, image_format) for n in rows["name"]]
     exists = np.array([folder.path(p).is_file() for p in rows["image"]], dtype=bool)

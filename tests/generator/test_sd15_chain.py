@@ -133,7 +133,7 @@ def test_stage_b_trains_the_ref_controlnet_and_aia_with_the_rest_frozen(chain):
 def test_sampling_and_filtering_follow_the_papers_settings(chain):
     data = chain["project"] / "data"
     images = data / "07_model_output/synthetic"
-    fingerprint = json.loads((images / "fingerprint.json").read_text())
+    fingerprint = json.loads((images / "run.json").read_text())["fingerprint"]
     sampler = fingerprint["sampler"]
     assert (sampler["steps"], sampler["guidance_scale"], sampler["timestep_spacing"], sampler["uncond"]) == (2, 9.0, "leading", "prompt")
     plan = pd.read_parquet(sorted((data / "04_feature/synthesis_plan.parquet").rglob("*.parquet"))[-1])

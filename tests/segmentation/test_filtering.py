@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from .toydata import manifest_pairs, synthetic_set
 from tisynth import filtering
 from tisynth.classes import IGNORE_INDEX
 from tisynth.io import read_raster
+
+from .toydata import manifest_pairs, synthetic_set
 
 I = IGNORE_INDEX
 
@@ -119,8 +121,12 @@ def test_filter_and_resample_drivers(tmp_path, trained, toy_tiles, registry):
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 0, "skipped": 6}
     (out / items[0].filtered_mask).unlink()
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 1, "skipped": 5}
-    # other settings: every mask is redone
+    # other settings: every mask is redone, and the earlier masks are kept aside, byte for byte
+    before = {p.name: p.read_bytes() for p in (out / "masks").iterdir()}
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=3.0)["written"] == 6
+    (aside,) = (out / "superseded").iterdir()
+    assert {p.name: p.read_bytes() for p in (aside / "masks").iterdir()} == before
+    assert json.loads((aside / "run.json").read_text())["fingerprint"]["tolerance"] == 1.25
 
     table, class_stats, summary = filtering.resample_filtered_set(syn_manifest, items, out, registry, [], 0.8)
     assert list(table.columns[-4:]) == ["filtered_mask", "kept_fraction", "has_hard_class", "kept"]

@@ -25,7 +25,6 @@ a cache whose ``cache.json`` belongs to other weights is refused rather than mix
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from tisynth.errors import TisynthError
 from tisynth.generator.autoencoders import LatentAutoencoder
 from tisynth.generator.data import TileDataset, TileDatasetError, uint8_to_images
 from tisynth.io import TileSet, atomic_path, write_json_atomic
+from tisynth.runs import weights_digest
 from tisynth.weights import read_safetensors
 
 CACHE_FILE = "cache.json"
@@ -67,12 +67,7 @@ def dihedral(x: np.ndarray | torch.Tensor, variant: int) -> Any:
 
 def weights_fingerprint(module: torch.nn.Module, config: Any = None) -> str:
     """A short hash of a module's weights (and a config), e.g. the autoencoder's."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-    return h.hexdigest()
+    return weights_digest(module, extra=config)
 
 
 def build_latent_cache(

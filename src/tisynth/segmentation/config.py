@@ -30,15 +30,15 @@ dumped config with mmseg's distributed launcher themselves.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry
-from tisynth.params import dataclass_from_mapping, deep_merge
 from tisynth.errors import TisynthError
+from tisynth.params import dataclass_from_mapping, deep_merge
+from tisynth.runs import settings_digest
 
 MODEL_TYPES = ("segformer", "unet", "pspnet_r50", "efficientnet_lite")
 EFFICIENTNET_LITE_VARIANTS = ("lite0", "lite2")
@@ -796,5 +796,4 @@ def build_runner_config(
 
 def fingerprint(obj: Any, length: int = 12) -> str:
     """Short stable hash of a JSON-serialisable object (used to name work folders)."""
-    text = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+    return settings_digest(obj, length)

@@ -7,8 +7,8 @@ mIoU (the last one when no val pairs are given). The test split never enters tra
 
 Work folders are resumable and safe to re-run:
 
-* ``job.json`` fingerprints the job (settings, classes, pair lists, mixing); a folder holding a
-  different job is refused rather than silently resumed;
+* ``run.json`` fingerprints the job (settings, classes, pair lists, mixing; :mod:`tisynth.runs`);
+  a folder holding a different job is refused rather than silently resumed;
 * an interrupted job resumes from its latest checkpoint (iteration, optimiser, scheduler,
   message hub and best score included) instead of restarting;
 * ``done.json`` marks a finished job; running it again loads the selected checkpoint without
@@ -30,7 +30,8 @@ from unittest import mock
 import torch
 
 from tisynth.classes import ClassRegistry
-from tisynth.io import DataError, write_json_atomic
+from tisynth.io import DataError
+from tisynth.runs import RunFolder, RunFolderError
 from tisynth.segmentation.config import (
     ConfigError,
     MixConfig,
@@ -44,8 +45,7 @@ from tisynth.segmentation.segmenter import Segmenter, build_model, quiet_warning
 
 log = logging.getLogger("tisynth.segmentation")
 
-JOB_FILE = "job.json"
-DONE_FILE = "done.json"
+LEGACY_JOB_FILE = "job.json"  # the manifest name before run.json
 
 
 def job_spec(
@@ -169,26 +169,18 @@ def train_segmenter(
     check_pairs(synthetic_pairs, f"{label}: synthetic pairs")
 
     work_dir = Path(work_dir).resolve()
-    work_dir.mkdir(parents=True, exist_ok=True)
     spec = job_spec(config, registry, train_pairs, val_pairs, synthetic_pairs or None, mix_cfg)
     fp = fingerprint(spec)
-    job_file = work_dir / JOB_FILE
-    if job_file.is_file():
-        old = json.loads(job_file.read_text(encoding="utf-8")).get("fingerprint")
-        if old != fp:
-            raise ConfigError(
-                f"{work_dir}: holds another training job (fingerprint {old}, this one {fp}); "
-                "remove the folder or choose another work_dir"
-            )
-    else:
-        write_json_atomic(job_file, {"fingerprint": fp, **spec})
+    try:
+        run = RunFolder.open(work_dir, fp, policy="refuse", legacy_manifest=LEGACY_JOB_FILE, description=spec)
+    except RunFolderError as err:
+        raise ConfigError(f"{err} (another training job, this one has fingerprint {fp})") from None
 
     iterations = mix_cfg.iterations(config.train.iterations) if mix_cfg else config.train.iterations
     model_config = build_model_config(config, registry)
     device = resolve_device(config.train.device)
-    done_file = work_dir / DONE_FILE
-    if done_file.is_file():
-        done = json.loads(done_file.read_text(encoding="utf-8"))
+    done = run.done()
+    if done is not None:
         log.info("[%s] already trained in %s; loading %s", label, work_dir, Path(done["checkpoint"]).name)
         model = _load_selected(work_dir, done["checkpoint"], model_config)
         return Segmenter(model, model_config, registry, config, {**done, "reloaded": True}, device)
@@ -244,7 +236,7 @@ def train_segmenter(
         "device": str(device),
         "reloaded": False,
     }
-    write_json_atomic(done_file, info)
+    run.mark_done(info)
     model = _load_selected(work_dir, checkpoint, model_config)
     log.info("[%s] done: %s (iter %s, val mIoU %s)", label, info["selection"], info["best_iter"],
              None if info["best_val_mIoU"] is None else f"{info['best_val_mIoU']:.4f}")

@@ -1,0 +1,105 @@
+"""The resumable-run primitive: fingerprints, the three policies, completion markers, hashers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tisynth.runs import MANIFEST, RunFolder, RunFolderError, settings_digest, weights_digest
+
+
+def _fill(root, name="out", files=("a.png", "b.png")):
+    (root / name).mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (root / name / f).write_bytes(f.encode())
+
+
+def test_same_fingerprint_resumes_and_keeps_finished_work(tmp_path):
+    first = RunFolder.open(tmp_path / "run", {"lr": 1e-3, "steps": 5})
+    assert not first.resumed and json.loads((tmp_path / "run" / MANIFEST).read_text())["fingerprint"] == {"lr": 1e-3, "steps": 5}
+    _fill(tmp_path / "run")
+    again = RunFolder.open(tmp_path / "run", {"steps": 5, "lr": 1e-3})  # key order does not matter
+    assert again.resumed and again.superseded is None
+    assert sorted(p.name for p in (tmp_path / "run" / "out").iterdir()) == ["a.png", "b.png"]
+
+
+def test_another_fingerprint_sets_the_old_output_aside_byte_for_byte(tmp_path):
+    root = tmp_path / "run"
+    RunFolder.open(root, "v1")
+    _fill(root)
+    (root / "notes.txt").write_text("someone else's file")
+    opened = RunFolder.open(root, "v2", entries=["out"])
+    assert not opened.resumed and not (root / "out").exists()
+    assert (root / "notes.txt").read_text() == "someone else's file"  # not the run's: never moved
+    assert opened.superseded.parent == root / "superseded"
+    assert (opened.superseded / "out" / "a.png").read_bytes() == b"a.png"
+    assert json.loads((opened.superseded / MANIFEST).read_text())["fingerprint"] == "v1"
+    # going back to v1 and away again keeps both earlier sets
+    _fill(root, files=("c.png",))
+    RunFolder.open(root, "v1", entries=["out"])
+    _fill(root, files=("d.png",))
+    RunFolder.open(root, "v2", entries=["out"])
+    assert len(list((root / "superseded").iterdir())) == 3
+
+
+def test_output_without_a_manifest_is_set_aside_not_trusted(tmp_path):
+    root = tmp_path / "run"
+    _fill(root)
+    opened = RunFolder.open(root, "v1")
+    assert not opened.resumed and (opened.superseded / "out" / "b.png").is_file()
+    assert json.loads((opened.superseded / MANIFEST).read_text()) == {"fingerprint": None}
+
+
+def test_refuse_touches_nothing_and_clear_deletes_only_when_asked(tmp_path):
+    root = tmp_path / "run"
+    RunFolder.open(root, "v1")
+    _fill(root)
+    with pytest.raises(RunFolderError, match="another run's output"):
+        RunFolder.open(root, "v2", policy="refuse")
+    assert json.loads((root / MANIFEST).read_text())["fingerprint"] == "v1" and (root / "out" / "a.png").is_file()
+    RunFolder.open(root, "v2", policy="clear")
+    assert not (root / "out").exists() and not (root / "superseded").exists()
+    with pytest.raises(RunFolderError, match="unknown run folder policy 'wipe'"):
+        RunFolder.open(root, "v3", policy="wipe")
+
+
+def test_an_empty_folder_is_not_another_runs_output(tmp_path):
+    (tmp_path / "run" / "out").mkdir(parents=True)
+    opened = RunFolder.open(tmp_path / "run", "v1", policy="refuse")
+    assert not opened.resumed and opened.superseded is None
+
+
+def test_a_legacy_manifest_with_the_same_fingerprint_is_adopted(tmp_path):
+    root = tmp_path / "run"
+    _fill(root)
+    (root / "fingerprint.json").write_text(json.dumps({"fingerprint": "abc"}))
+    assert RunFolder.open(root, "abc", legacy_manifest="fingerprint.json").resumed
+    assert (root / "out" / "a.png").is_file() and json.loads((root / MANIFEST).read_text())["fingerprint"] == "abc"
+
+
+def test_completion_marker_belongs_to_its_fingerprint(tmp_path):
+    run = RunFolder.open(tmp_path / "run", "v1")
+    assert run.done() is None
+    run.mark_done({"checkpoint": "iter_10.pth"})
+    assert RunFolder.open(tmp_path / "run", "v1").done()["checkpoint"] == "iter_10.pth"
+    (tmp_path / "run" / "done.json").write_text("{torn")
+    assert run.done() is None  # a torn marker is no marker
+
+
+def test_hashers_are_stable_and_sensitive():
+    assert settings_digest({"a": 1, "b": [1, 2]}) == settings_digest({"b": [1, 2], "a": 1})
+    assert settings_digest({"a": 1}) != settings_digest({"a": 2})
+    assert len(settings_digest("x", length=12)) == 12
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    d = weights_digest(net)
+    copy = torch.nn.Linear(3, 2)
+    assert weights_digest(copy) != d
+    copy.load_state_dict(net.state_dict())
+    assert d == weights_digest(net.state_dict()) == weights_digest(copy)
+    assert weights_digest(net, extra={"scale": 1}) != d
+    with torch.no_grad():
+        net.bias[0] += 1e-3
+    assert weights_digest(net) != d
