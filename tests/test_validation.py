@@ -50,6 +50,11 @@ def _with(params: dict, path: str, value) -> dict:
     ("generator.mask_conditioning", "spad", "mask_conditioning must be"),
     ("references.pairing.strategy", "nearest", "strategy must be one of"),
     ("sample.sampler.timestep_spacing", "middle", "timestep_spacing"),
+    ("segment.val_splt", "val", "did you mean segment.val_split"),
+    ("segment.seeds", ["0", 1], "segment.seeds: a non-empty list of integers"),
+    ("segment.eval_sets", {"test": ["test"]}, "segment.eval_sets: a mapping"),
+    ("segment.mix.mode", "half", "mix.mode: 'half' is not one of"),
+    ("filter.work_root", "elsewhere", r"filter.*work_root"),  # moved to the shared segmenter_work_root
 ])
 def test_typos_and_bad_values_are_refused_with_their_path(path, value, message):
     with pytest.raises(ParameterError, match=message):

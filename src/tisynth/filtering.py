@@ -59,7 +59,6 @@ class FilterError(TisynthError, ValueError):
 class FilterSettings:
     """The ``filter`` parameter block, typed (conf/base/parameters_filter.yml documents each key)."""
 
-    work_root: str = "data/06_models/segmentation_work"
     train_split: str = "train"
     val_split: str | None = "val"
     tolerance: float = 1.25

@@ -11,7 +11,8 @@ Two checks per block:
   override them. Blocks whose keys a typed config owns (``generator``, ``segmenter``, the
   generator's training stages, ``sample.sampler``) are checked by that config instead.
 * **values**: the stage's own typed settings are built (``IngestConfig``, ``PairingConfig``,
-  ``TrainConfig`` per stage, ``SynthesisSettings``, ``ReadingSettings``, ``SegmenterConfig``, ...),
+  ``TrainConfig`` per stage, ``SynthesisSettings``, ``ReadingSettings``, ``SegmenterConfig``, ``FilterSettings``,
+  ``SegmentSettings``, ...),
   which refuse what they cannot use.
 """
 
@@ -133,6 +134,12 @@ def _filter(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
     FilterSettings.from_params(block)
 
 
+def _segment(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
+    from tisynth.segmentation.config import SegmentSettings
+
+    SegmentSettings.from_params(block)
+
+
 def _segmenter(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
     from tisynth.segmentation.config import SegmenterConfig
 
@@ -149,6 +156,7 @@ VALUE_CHECKS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], None]] 
     "read_generator": _read_generator,
     "segmenter": _segmenter,
     "filter": _filter,
+    "segment": _segment,
 }
 
 

@@ -29,10 +29,12 @@ class Kept(MemoryDataset):
 
 def test_pipeline_inputs_are_the_contract():
     assert filter_pipeline().inputs() == {"tiles", "tile_manifest", "class_registry", "synthetic_images",
-                                          "synthetic_manifest", "params:segmenter", "params:filter"}
+                                          "synthetic_manifest", "params:segmenter", "params:segmenter_work_root",
+                                          "params:filter"}
     assert segment_pipeline().inputs() == {"tiles", "tile_manifest", "class_registry", "synthetic_images",
                                            "filtered_synthetic", "filtered_manifest", "target_tiles",
-                                           "target_manifest", "params:segmenter", "params:segment"}
+                                           "target_manifest", "params:segmenter", "params:segmenter_work_root",
+                                           "params:segment"}
 
 
 @pytest.mark.slow
@@ -41,9 +43,9 @@ def test_filter_then_segment(tmp_path, toy_tiles, registry):
     syn, syn_manifest = synthetic_set(tmp_path / "syn", tiles, manifest, n_good=5, n_bad=2)
     work = str(tmp_path / "work")
     seg_cfg = tiny_config()
-    params_filter = {"work_root": work, "tolerance": 1.25, "min_kept_fraction": 0.8, "hard_classes": "auto",
+    params_filter = {"tolerance": 1.25, "min_kept_fraction": 0.8, "hard_classes": "auto",
                      "auto_hard_k": 1, "examples": 3}
-    params_segment = {"work_root": work, "eval_sets": {"test": "test"}, "seeds": [0],
+    params_segment = {"eval_sets": {"test": "test"}, "seeds": [0],
                       "mix": {"mode": "equal_budget", "real_fraction": 0.5}, "examples": 2}
     catalog = DataCatalog({
         "tiles": MemoryDataset(tiles, copy_mode="assign"),
@@ -54,6 +56,7 @@ def test_filter_then_segment(tmp_path, toy_tiles, registry):
         "params:filter": MemoryDataset(params_filter),
         "params:segment": MemoryDataset(params_segment),
         "params:segmenter": MemoryDataset(seg_cfg),
+        "params:segmenter_work_root": MemoryDataset(work),
         "target_tiles": MemoryDataset(TileSet(tmp_path / "no_target"), copy_mode="assign"),  # no target domain
         "target_manifest": MemoryDataset(pd.DataFrame(columns=list(manifest.columns))),
         "real_segmenter": ModelDirectoryDataset(str(tmp_path / "models/real"), MODEL),

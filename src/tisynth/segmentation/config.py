@@ -393,6 +393,43 @@ class MixConfig:
 
 
 # ---------------------------------------------------------------------------- model dicts
+@dataclass(frozen=True)
+class SegmentSettings:
+    """The ``segment`` parameter block, typed (conf/base/parameters_segment.yml documents each key)."""
+
+    train_split: str = "train"
+    val_split: str | None = "val"
+    eval_sets: Mapping[str, str] = field(default_factory=lambda: {"test": "test"})
+    target_eval_set: str | None = "target"
+    seeds: tuple[int, ...] = (0,)
+    mix: MixConfig = field(default_factory=MixConfig)
+    examples: int = 4
+    mlflow: bool = True
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> SegmentSettings:
+        raw = dict(params or {})
+        if "mix" in raw:
+            raw["mix"] = MixConfig.from_params(raw["mix"])
+        if "seeds" in raw:
+            seeds = raw["seeds"]
+            seeds = [seeds] if isinstance(seeds, int) else list(seeds or [])
+            if not seeds or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+                raise ConfigError(f"segment.seeds: a non-empty list of integers, got {raw['seeds']!r}")
+            raw["seeds"] = tuple(seeds)
+        if "eval_sets" in raw:
+            sets = raw["eval_sets"]
+            if not isinstance(sets, Mapping) or not sets or not all(isinstance(v, str) for v in sets.values()):
+                raise ConfigError(f"segment.eval_sets: a mapping of evaluation-set name -> split name, got {sets!r}")
+            raw["eval_sets"] = {str(k): str(v) for k, v in sets.items()}
+        cfg = dataclass_from_mapping(cls, raw, ConfigError, "segment: unknown key(s)")
+        if not isinstance(cfg.train_split, str) or not cfg.train_split:
+            raise ConfigError(f"segment.train_split: a split name, got {cfg.train_split!r}")
+        if cfg.examples < 0:
+            raise ConfigError(f"segment.examples: must be >= 0, got {cfg.examples}")
+        return cfg
+
+
 def _norm_cfg(model: ModelConfig) -> dict[str, Any]:
     return {"type": "SyncBN" if model.sync_bn else "BN", "requires_grad": True}
 

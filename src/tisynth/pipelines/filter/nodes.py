@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 
 def train_real_segmenter(
     tiles: TileSet, tile_manifest: pd.DataFrame, class_registry: ClassRegistry, segmenter: dict[str, Any],
-    params: dict[str, Any],
+    work_root: str, params: dict[str, Any],
 ) -> Segmenter:
     """Real-only segmenter on the train split, selected on val (nested MLflow run)."""
     cfg = filtering.FilterSettings.from_params(params)
     return experiment.train_real_segmenter(
-        tiles, tile_manifest, class_registry, segmenter, cfg.work_root,
+        tiles, tile_manifest, class_registry, segmenter, work_root,
         train_split=cfg.train_split, val_split=cfg.val_split, name="real_segmenter", track=cfg.mlflow,
     )
 

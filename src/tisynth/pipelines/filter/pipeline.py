@@ -13,7 +13,8 @@ from . import nodes
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(nodes.train_real_segmenter, ["tiles", "tile_manifest", "class_registry", "params:segmenter", "params:filter"],
+            Node(nodes.train_real_segmenter, ["tiles", "tile_manifest", "class_registry", "params:segmenter",
+                                              "params:segmenter_work_root", "params:filter"],
                  "real_segmenter", name="train_real_segmenter"),
             Node(nodes.compute_class_losses, ["real_segmenter", "tiles", "tile_manifest", "params:filter"],
                  "class_losses", name="compute_class_losses"),

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from tisynth import report
 from tisynth.classes import ClassRegistry
 from tisynth.io import TileSet, read_image
+from tisynth.segmentation.config import SegmentSettings
 from tisynth.segmentation.experiment import AUGMENTED, BASELINE, run_comparison
 from tisynth.segmentation.pairs import Pair, pairs_from_manifest, read_index_mask, synthetic_pairs_from_manifest
 from tisynth.segmentation.segmenter import Segmenter
@@ -32,19 +33,18 @@ def prepare_segment_data(
 ) -> dict[str, Any]:
     """Pairs for training (real train, kept synthetic), model selection (val) and evaluation sets.
 
-    ``params["eval_sets"]`` maps an evaluation-set name to a split of ``tile_manifest``
-    (default ``{"test": "test"}``). With a labelled target domain, its test tiles (all its
-    labelled tiles when it has no split file) are a second evaluation set, ``target``.
+    ``eval_sets`` maps an evaluation-set name to a split of ``tile_manifest``. With a labelled
+    target domain, its test tiles (all its labelled tiles when it has no split file) are a second
+    evaluation set, named by ``target_eval_set``.
     """
-    splits = params.get("splits", {})
-    eval_specs = params.get("eval_sets") or {"test": "test"}
+    cfg = SegmentSettings.from_params(params)
     data = {
-        "train": pairs_from_manifest(tile_manifest, tiles, splits.get("train", "train")),
-        "val": pairs_from_manifest(tile_manifest, tiles, splits.get("val", "val")),
+        "train": pairs_from_manifest(tile_manifest, tiles, cfg.train_split),
+        "val": pairs_from_manifest(tile_manifest, tiles, cfg.val_split) if cfg.val_split else [],
         "synthetic": synthetic_pairs_from_manifest(filtered_manifest, synthetic_images, filtered_synthetic),
-        "eval_sets": {name: pairs_from_manifest(tile_manifest, tiles, split) for name, split in eval_specs.items()},
+        "eval_sets": {name: pairs_from_manifest(tile_manifest, tiles, split) for name, split in cfg.eval_sets.items()},
     }
-    target_name = params.get("target_eval_set", "target")
+    target_name = cfg.target_eval_set
     if len(target_manifest) and target_manifest["mask"].notna().any() and target_name:
         data["eval_sets"][target_name] = pairs_from_manifest(target_manifest, target_tiles, "test")
     log.info("segment data: %d real train, %d kept synthetic, %d val, eval sets %s", len(data["train"]),
@@ -53,17 +53,19 @@ def prepare_segment_data(
 
 
 def train_and_evaluate_segmenters(
-    segment_data: dict[str, Any], class_registry: ClassRegistry, segmenter: dict[str, Any], params: dict[str, Any]
+    segment_data: dict[str, Any], class_registry: ClassRegistry, segmenter: dict[str, Any], work_root: str,
+    params: dict[str, Any],
 ) -> tuple[Segmenter, Segmenter, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Baseline (real only) and augmented (real + synthetic) segmenters per seed, each evaluated once.
 
     Returns the first seed's two segmenters, the long results table, the long confusion table
     and one row per trained segmenter.
     """
+    cfg = SegmentSettings.from_params(params)
     result = run_comparison(
         segmenter, class_registry, segment_data["train"], segment_data["val"],
-        segment_data["synthetic"], segment_data["eval_sets"], params["work_root"], params.get("mix"),
-        seeds=params.get("seeds", [0]), track=params.get("mlflow", True),
+        segment_data["synthetic"], segment_data["eval_sets"], work_root, cfg.mix,
+        seeds=list(cfg.seeds), track=cfg.mlflow,
     )
     return (result.segmenters[BASELINE], result.segmenters[AUGMENTED], result.results, result.confusions,
             result.training)
@@ -79,11 +81,10 @@ def build_segment_report(
     """Comparison table (CSV + Markdown), per-class IoU chart, confusion matrices, MLflow metrics."""
     table = report.comparison_table(segment_results)
     per_class = report.per_class_table(segment_results, "IoU")
-    mix = params.get("mix") or {}
+    mix = SegmentSettings.from_params(params).mix
     iters = segment_training.groupby("variant")["iterations"].first().to_dict() if len(segment_training) else {}
     notes = [
-        f"mixing: {mix.get('mode', 'equal_budget')}"
-        + (f", real fraction per batch {mix['real_fraction']}" if mix.get("real_fraction") else ""),
+        f"mixing: {mix.mode}" + (f", real fraction per batch {mix.real_fraction}" if mix.real_fraction else ""),
         "iterations: " + ", ".join(f"{k} {v}" for k, v in iters.items()),
         "checkpoints selected on the val split (best mIoU); evaluation sets used once per model",
     ]
@@ -114,7 +115,7 @@ def plot_segment_predictions(
     params: dict[str, Any],
 ) -> Figure:
     """Image | truth | baseline | augmented for a few tiles of the first evaluation set."""
-    n = int(params.get("examples", 4))
+    n = SegmentSettings.from_params(params).examples
     eval_name, pairs = next(iter(segment_data["eval_sets"].items()))
     chosen: list[Pair] = list(pairs)[:: max(1, len(pairs) // max(1, n))][:n]
     images = [read_image(p.image) for p in chosen]
