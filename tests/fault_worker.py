@@ -42,7 +42,7 @@ def _tiles(root: Path, n: int, size: int = 32) -> tuple[TileSet, pd.DataFrame]:
 def ingest(work: Path) -> None:
     from tisynth import ingest as ing
     from tisynth.datasets import FileTreeDataset
-    from tisynth.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
+    from tisynth.ingest.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
 
     raw = work / "raw"
     if not (raw / "classes.csv").exists():
@@ -57,8 +57,8 @@ def ingest(work: Path) -> None:
 
 
 def sample(work: Path) -> None:
-    from tisynth import references, synthesis
-    from tisynth.generator import build_generator
+    from tisynth import references
+    from tisynth.generator import build_generator, synthesis
 
     tiles, manifest = _tiles(work / "tiles", 6)
     model = build_generator({"preset": "tiny", "image_size": 32}, REG, seed=0).eval()

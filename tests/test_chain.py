@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, run_kedro
-from tisynth.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
+from tisynth.ingest.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
 from tisynth.params import deep_merge
 from tisynth.validation import ParameterError
 
@@ -106,7 +106,7 @@ def test_one_mlflow_run_with_curves_figures_and_child_runs(chain):
     assert {"generator_base/loss", "generator_B/loss", "generator_B/lr", "generator_B/effective_batch_size"} <= metrics
     assert "generator_A/loss" not in metrics  # a mask-first base needs no stage-A ControlNet
     assert {"reading.mIoU_g2", "reading.dominant_acc_g2", "reading.mIoU_real"} <= metrics, sorted(metrics)
-    from tisynth.quality import fid_available
+    from tisynth.generator.quality import fid_available
 
     if fid_available():
         assert {"quality.fid", "quality.kid_mean"} <= metrics

@@ -17,7 +17,7 @@ from rasterio.windows import transform as window_transform
 from tisynth import ingest
 from tisynth.classes import ClassRegistry
 from tisynth.datasets import FileTreeDataset
-from tisynth.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
+from tisynth.ingest.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
 from tisynth.io import DataError, TileSet, read_image, read_raster, write_geotiff
 
 CLASSES = Path(__file__).resolve().parents[1] / "conf" / "classes"

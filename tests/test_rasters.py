@@ -4,8 +4,8 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import transform as window_transform
 
+from tisynth.ingest.rasters import RasterSource, Window, tile_windows
 from tisynth.io import DataError, write_geotiff
-from tisynth.rasters import RasterSource, Window, tile_windows
 
 
 def covered(windows, h, w):

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tisynth import reading
 from tisynth.classes import IGNORE_INDEX
+from tisynth.generator import reading
 from tisynth.io import DataError, TileSet, write_image
 
 

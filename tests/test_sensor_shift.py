@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from tests.test_ingest import make_folder, run_ingest
+from tisynth.ingest.sensor_shift import SensorShift, SensorShiftError, main, make_sensor_shift_datasets
 from tisynth.io import read_image
-from tisynth.sensor_shift import SensorShift, SensorShiftError, main, make_sensor_shift_datasets
 
 
 def test_the_transform_is_seeded_coarser_and_shifts_the_colours():

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from tisynth import generator_runs, references, synthesis
+from tisynth import references
 from tisynth.classes import ClassRegistry
-from tisynth.generator import build_generator
+from tisynth.generator import build_generator, synthesis
+from tisynth.generator import stages as generator_runs
 from tisynth.io import TileSet, read_image, write_image
 
 REG = ClassRegistry.from_records([{"id": i, "name": n, "color": c} for i, (n, c) in enumerate(

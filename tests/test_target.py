@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import run_kedro
 from tests.test_ingest import TABLE, make_folder
 from tisynth import ingest, references
-from tisynth.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
+from tisynth.ingest.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
 from tisynth.io import DataError
 
 

@@ -3,7 +3,7 @@
 One more command is not a pipeline run: ``python -m tisynth import-checkpoint CHECKPOINT OUT_DIR
 --classes TABLE`` imports the authors' TISynth checkpoint (:mod:`tisynth.generator.ldm_import`);
 ``python -m tisynth sensor-shift SOURCE OUT`` makes a sensor-shift target domain
-(:mod:`tisynth.sensor_shift`).
+(:mod:`tisynth.ingest.sensor_shift`).
 """
 
 import sys
@@ -13,7 +13,7 @@ from typing import Any
 from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
-COMMANDS = {"import-checkpoint": "tisynth.generator.ldm_import", "sensor-shift": "tisynth.sensor_shift"}
+COMMANDS = {"import-checkpoint": "tisynth.generator.ldm_import", "sensor-shift": "tisynth.ingest.sensor_shift"}
 """Sub-commands that are not ``kedro run``: name -> module with ``main(argv) -> exit code``."""
 
 

@@ -84,8 +84,8 @@ def _generator(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
 
 def _train_generator(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
     from tisynth.generator.sample import SampleConfig
+    from tisynth.generator.stages import STAGES, stage_config
     from tisynth.generator.train import TrainConfig
-    from tisynth.generator_runs import STAGES, stage_config
 
     for stage in STAGES:
         merged = stage_config(block, stage, params.get("ref_augment"))
@@ -117,13 +117,13 @@ def _ref_augment(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
 
 
 def _sample(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
-    from tisynth.synthesis import SynthesisSettings
+    from tisynth.generator.synthesis import SynthesisSettings
 
     SynthesisSettings.from_params(block, env={})
 
 
 def _read_generator(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
-    from tisynth.reading import ReadingSettings
+    from tisynth.generator.reading import ReadingSettings
 
     ReadingSettings.from_params(block, (params.get("sample") or {}).get("sampler"))
 

@@ -29,7 +29,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from tisynth.classes import DEFAULT_PROMPT_TEMPLATE
-from tisynth.demo_scenes import DEMO_CLASSES
+from tisynth.ingest.demo_scenes import DEMO_CLASSES
 
 UNET_CHANNELS = (32, 32, 64, 64)
 VAE_CHANNELS = (32, 32, 32, 32)

@@ -15,10 +15,10 @@ from tests.generator.conftest import perturb_zero_inits
 from tests.generator.ldm_layout import aia_to_ldm, authors_original_config, sd_single_file, tisynth_checkpoint
 from tests.generator.sd15_fixture import fixture_original_config, write_sd15_fixture
 from tisynth.classes import ClassRegistry
-from tisynth.demo_scenes import DEMO_CLASSES
 from tisynth.generator import TISynthGenerator, build_generator
 from tisynth.generator.ldm_import import REPORT_FILE, CheckpointImportError, import_checkpoint, main
 from tisynth.generator.model import GeneratorError
+from tisynth.ingest.demo_scenes import DEMO_CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import run_kedro
 from tests.generator.sd15_fixture import write_sd15_fixture
-from tisynth.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
 from tisynth.generator import TISynthGenerator, build_generator
+from tisynth.ingest.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
 
 pytestmark = pytest.mark.slow  # 2-4 minutes on 2 CPU cores, most of it Kedro, MLflow and mmengine overhead
 DEVICE_ENV = "TISYNTH_CHAIN_DEVICE"  # "cuda": the same chain on a GPU (benchmarks/gpu_check.sh)

@@ -12,9 +12,9 @@ from transformers import AutoTokenizer, CLIPTokenizer
 
 from tests.generator.sd15_fixture import PROMPT_WORDS, write_sd15_fixture
 from tisynth.classes import ClassRegistry
-from tisynth.demo_scenes import DEMO_CLASSES
 from tisynth.generator import build_generator
 from tisynth.generator.aia import MID
+from tisynth.ingest.demo_scenes import DEMO_CLASSES
 
 
 @pytest.fixture(scope="module")

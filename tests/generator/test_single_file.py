@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 from tests.generator.ldm_layout import sd_single_file
 from tests.generator.sd15_fixture import fixture_original_config, write_sd15_fixture
 from tisynth.classes import ClassRegistry
-from tisynth.demo_scenes import DEMO_CLASSES
 from tisynth.generator import build_generator
 from tisynth.generator.ldm import LdmError, clip_vit_l14_tokenizer, load_single_file, read_checkpoint
+from tisynth.ingest.demo_scenes import DEMO_CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from tisynth.classes import ClassRegistry
-from tisynth.demo_scenes import DEMO_CLASSES
+from tisynth.ingest.demo_scenes import DEMO_CLASSES
 from tisynth.io import TileSet, write_image
 
 TRAIN = {
@@ -79,7 +79,7 @@ def build(sd15: Path):  # noqa: ANN201 - a TISynthGenerator
 
 def sample(sd15: Path, tiles: Path, plan: pd.DataFrame, out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Sample the plan into ``out`` the way the sample pipeline does (each process its shard)."""
-    from tisynth import synthesis
+    from tisynth.generator import synthesis
 
     settings = synthesis.SynthesisSettings.from_params({"sampler": SAMPLER, "chunk": 2, "image_format": "png"}, env=env)
     model = build(sd15)

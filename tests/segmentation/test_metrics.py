@@ -1,4 +1,4 @@
-"""tisynth.metrics against hand-computed confusion matrices."""
+"""tisynth.segmentation.metrics against hand-computed confusion matrices."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tisynth.metrics import (
+from tisynth.segmentation.metrics import (
     ConfusionAccumulator,
     MetricsError,
     compute_metrics,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from tisynth import report
+from tisynth.segmentation import report
 from tisynth.segmentation.experiment import confusion_rows
 
 

@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from .toydata import manifest_pairs, tiny_config
 from tisynth.io import DataError, read_image
-from tisynth.metrics import compute_metrics
 from tisynth.segmentation.config import ConfigError, SegmenterConfig, build_model_config
+from tisynth.segmentation.metrics import compute_metrics
 from tisynth.segmentation.pairs import read_index_mask
 from tisynth.segmentation.segmenter import Segmenter, build_model
 from tisynth.segmentation.train import train_segmenter
+
+from .toydata import manifest_pairs, tiny_config
 
 
 def test_tiny_training_learns_the_task(trained, toy_tiles):

@@ -20,9 +20,9 @@ import pandas as pd
 
 from tisynth.classes import ClassRegistry
 from tisynth.io import DataError, TileSet
-from tisynth.metrics import SegmentationMetrics
 from tisynth.segmentation import tracking
 from tisynth.segmentation.config import MixConfig, SegmenterConfig
+from tisynth.segmentation.metrics import SegmentationMetrics
 from tisynth.segmentation.pairs import Pair, pairs_from_manifest
 from tisynth.segmentation.segmenter import Segmenter
 from tisynth.segmentation.train import train_segmenter, work_dir_for

@@ -8,7 +8,7 @@ Importing this module registers:
 * ``RandomRescale``: random rescaling relative to each tile's own size;
 * ``MixedSourceSampler``: an infinite sampler over ``ConcatDataset([real, synthetic])`` whose
   every batch holds a fixed number of real and synthetic samples;
-* ``TisynthIoUMetric``: validation metric computed with :mod:`tisynth.metrics`;
+* ``TisynthIoUMetric``: validation metric computed with :mod:`tisynth.segmentation.metrics`;
 * ``TisynthProgressHook``: short progress lines (python logging, a ``progress.log`` in the
   work folder and, when an MLflow run is active, MLflow metrics);
 * ``EfficientNetLite`` (model registry): the ImageNet-pretrained encoder of
@@ -40,9 +40,9 @@ from torch.utils.data import Sampler
 import tisynth.segmentation.backbones  # noqa: F401  (registers EfficientNetLite)
 from tisynth.classes import IGNORE_INDEX
 from tisynth.io import DataError, read_image
-from tisynth.metrics import confusion_matrix, metrics_from_confusion
 from tisynth.segmentation import tracking
 from tisynth.segmentation.checkpoint import register_safe_checkpoint_loader
+from tisynth.segmentation.metrics import confusion_matrix, metrics_from_confusion
 from tisynth.segmentation.pairs import read_index_mask, read_pairs
 
 log = logging.getLogger("tisynth.segmentation")
@@ -212,7 +212,7 @@ class MixedSourceSampler(Sampler):
 
 @METRICS.register_module(force=True)
 class TisynthIoUMetric(BaseMetric):
-    """Validation metric: OA, mIoU, mAcc (fractions) from :mod:`tisynth.metrics`."""
+    """Validation metric: OA, mIoU, mAcc (fractions) from :mod:`tisynth.segmentation.metrics`."""
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None,
                  collect_device: str = "cpu", prefix: str | None = None):

@@ -23,8 +23,8 @@ import torch
 
 from tisynth.classes import ClassRegistry
 from tisynth.io import DataError, read_image, write_json_atomic
-from tisynth.metrics import ConfusionAccumulator, SegmentationMetrics
 from tisynth.segmentation.config import SIZE_DIVISOR, SegmenterConfig
+from tisynth.segmentation.metrics import ConfusionAccumulator, SegmentationMetrics
 from tisynth.segmentation.pairs import Pair, read_index_mask
 
 log = logging.getLogger("tisynth.segmentation")
@@ -72,10 +72,11 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 def build_model(model_config: dict[str, Any]) -> torch.nn.Module:
     """Build an mmseg model from its config dict (registers tisynth's components first)."""
-    import tisynth.segmentation.mm  # noqa: F401  (registrations)
     from mmengine.config import ConfigDict
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
+
+    import tisynth.segmentation.mm  # noqa: F401  (registrations)
 
     scope = DefaultScope.get_current_instance()
     if scope is None or scope.scope_name != "mmseg":

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tisynth import filtering, report
+from tisynth import filtering
 from tisynth.classes import ClassRegistry
 from tisynth.io import TileSet, read_image
-from tisynth.segmentation import experiment
+from tisynth.segmentation import experiment, report
 from tisynth.segmentation.pairs import pairs_from_manifest, read_index_mask
 from tisynth.segmentation.segmenter import Segmenter
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from tisynth import ingest
 from tisynth.classes import ClassRegistry
 from tisynth.datasets import RawFolder, UseExisting
-from tisynth.demo_scenes import DemoSceneConfig, write_demo_dataset
+from tisynth.ingest.demo_scenes import DemoSceneConfig, write_demo_dataset
 from tisynth.plots import class_share_figure
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Thin node of the ``read_generator`` pipeline; the logic is in :mod:`tisynth.reading`."""
+"""Thin node of the ``read_generator`` pipeline; the logic is in :mod:`tisynth.generator.reading`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tisynth import reading
+from tisynth.generator import reading
 from tisynth.io import TileSet
 from tisynth.segmentation.segmenter import Segmenter
 
@@ -20,7 +20,7 @@ def read_generator_images(
     sample: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The real-only segmenter's reading of images sampled for held-out masks, per guidance scale
-    (:mod:`tisynth.reading`): a table and MLflow metrics ``reading.<what>_g<scale>``."""
+    (:mod:`tisynth.generator.reading`): a table and MLflow metrics ``reading.<what>_g<scale>``."""
     cfg = reading.ReadingSettings.from_params(params, sample.get("sampler"))
     if cfg.tiles == 0:
         log.info("generator reading skipped (read_generator.tiles: 0)")

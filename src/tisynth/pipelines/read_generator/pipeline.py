@@ -1,5 +1,5 @@
 """The ``read_generator`` pipeline: does the generator follow its masks? The real-only
-segmenter of ``filter`` reads images sampled for held-out masks (:mod:`tisynth.reading`)."""
+segmenter of ``filter`` reads images sampled for held-out masks (:mod:`tisynth.generator.reading`)."""
 
 from kedro.pipeline import Node, Pipeline
 

@@ -1,4 +1,4 @@
-"""Thin nodes of the ``sample`` pipeline; the logic is in :mod:`tisynth.synthesis` and
+"""Thin nodes of the ``sample`` pipeline; the logic is in :mod:`tisynth.generator.synthesis` and
 :mod:`tisynth.generator.sample`."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from tisynth import synthesis
 from tisynth.classes import ClassRegistry
+from tisynth.generator import synthesis
 from tisynth.io import TileSet
 from tisynth.plots import image_grid
 
@@ -79,8 +79,8 @@ def synthetic_image_quality(
 ) -> dict[str, Any]:
     """FID and KID of the synthetic images against real tiles of a held-out split (MLflow metrics
     ``quality.fid``, ``quality.kid``), with the standard FID Inception network
-    (:mod:`tisynth.quality`); skipped with a message when that network is not installed."""
-    from tisynth import quality
+    (:mod:`tisynth.generator.quality`); skipped with a message when that network is not installed."""
+    from tisynth.generator import quality
 
     cfg = dict(params.get("quality") or {})
     n = int(cfg.get("images", 0))

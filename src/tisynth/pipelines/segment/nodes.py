@@ -1,4 +1,4 @@
-"""Nodes of the ``segment`` pipeline (thin: the work is in tisynth.segmentation and tisynth.report)."""
+"""Nodes of the ``segment`` pipeline (thin: the work is in tisynth.segmentation and tisynth.segmentation.report)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tisynth import report
 from tisynth.classes import ClassRegistry
 from tisynth.io import TileSet, read_image
+from tisynth.segmentation import report
 from tisynth.segmentation.config import SegmentSettings
 from tisynth.segmentation.experiment import AUGMENTED, BASELINE, run_comparison
 from tisynth.segmentation.pairs import Pair, pairs_from_manifest, read_index_mask, synthetic_pairs_from_manifest

@@ -1,5 +1,5 @@
 """Thin nodes of the ``train_generator`` pipeline; the logic is in :mod:`tisynth.generator`
-and :mod:`tisynth.generator_runs`."""
+and :mod:`tisynth.generator.stages`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tisynth import generator_runs as runs
 from tisynth.classes import ClassRegistry
 from tisynth.generator import (
     MlflowCallback,
@@ -20,6 +19,7 @@ from tisynth.generator import (
     collate_items,
     resolve_generator_config,
     sample_images,
+    stages,
     train_generator,
 )
 from tisynth.generator.data import images_to_uint8
@@ -61,9 +61,9 @@ def _fingerprint_chain(stage: str, generator: dict[str, Any], manifest: pd.DataF
     cache = dict(params.get("latent_cache") or {})
     data = {**resolve_generator_config(generator),
             "_latent_cache": {k: cache.get(k) for k in ("enabled", "variants", "dtype")} if cache.get("enabled") else None}
-    upstream = runs.data_fingerprint(data, _train_names(manifest, params))
-    for s in runs.STAGES:
-        own, upstream_next = runs.stage_fingerprints(upstream, runs.stage_config(params, s, ref_augment))
+    upstream = stages.data_fingerprint(data, _train_names(manifest, params))
+    for s in stages.STAGES:
+        own, upstream_next = stages.stage_fingerprints(upstream, stages.stage_config(params, s, ref_augment))
         if s == stage:
             return own
         upstream = upstream_next
@@ -72,7 +72,7 @@ def _fingerprint_chain(stage: str, generator: dict[str, Any], manifest: pd.DataF
 
 def _train(stage: str, model: Any, cache: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any],
            ref_augment: dict[str, Any], generator: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
-    cfg = runs.stage_config(params, stage, ref_augment)
+    cfg = stages.stage_config(params, stage, ref_augment)
     if stage == "base" and generator.get("pretrained"):
         log.info("stage base skipped: the UNet comes pretrained from %s", generator["pretrained"])
         return model, []
@@ -84,7 +84,7 @@ def _train(stage: str, model: Any, cache: dict[str, Any], tiles: TileSet, manife
         return model, []
     rows = manifest[manifest["name"].isin(_train_names(manifest, params))]
     data = LatentTileDataset(cache, tiles, rows) if cache.get("enabled") else TileDataset(tiles, rows, split=None)
-    folder = runs.prepare_checkpoint_dir(Path(params["checkpoint_dir"]) / f"stage_{stage}",
+    folder = stages.prepare_checkpoint_dir(Path(params["checkpoint_dir"]) / f"stage_{stage}",
                                          _fingerprint_chain(stage, generator, manifest, params, ref_augment))
     log.info("stage %s: %d training tiles, %d steps, checkpoints in %s", stage, len(data), cfg["steps"], folder)
     result = train_generator(model, data, cfg, folder, callback=MlflowCallback(prefix=f"generator_{stage}/"))
@@ -112,7 +112,7 @@ def report_generator_training(
 ) -> tuple[pd.DataFrame, Figure, Figure, dict[str, Any]]:
     """Loss curves of every stage, mask | Ref | sample rows for held-out (val) tiles, and how
     much the model uses the masks (:func:`tisynth.generator.diagnostics.mask_use` as MLflow metrics)."""
-    history = runs.history_frame({"base": history_base, "A": history_a, "B": history_b})
+    history = stages.history_frame({"base": history_base, "A": history_a, "B": history_b})
     report = params.get("report") or {}
     split = report.get("split", "val")
     rows = manifest[(manifest["split"] == split) & manifest["mask"].notna()]
@@ -124,7 +124,7 @@ def report_generator_training(
     samples = sample_images(model, masks, refs, batch["prompts"], list(range(len(data))),
                             {**dict(report.get("sample") or {}), "mode": "tisynth"})
     grid = sample_grid([np.stack([model.registry.colorize(m) for m in masks]), refs, samples])
-    return (history, runs.loss_figure(history), runs.grid_figure(grid, f"{split} tiles: mask | Ref (own image) | sample"),
+    return (history, stages.loss_figure(history), stages.grid_figure(grid, f"{split} tiles: mask | Ref (own image) | sample"),
             _mask_use_metrics(model, tiles, rows, manifest, dict(report.get("mask_use") or {})))
 
 

@@ -32,7 +32,7 @@ use a tiny stand-in); the numbers are then no longer comparable with published F
 
 Typical use::
 
-    from tisynth.quality import QualityError, image_quality
+    from tisynth.generator.quality import QualityError, image_quality
 
     try:
         scores = image_quality(real_tiles, synthetic_tiles)  # {"fid", "kid_mean", "kid_std", ...}

@@ -26,7 +26,7 @@ import pandas as pd
 
 from tisynth.classes import IGNORE_INDEX
 from tisynth.io import DataError, TileSet
-from tisynth.metrics import ConfusionAccumulator
+from tisynth.segmentation.metrics import ConfusionAccumulator
 
 MULTI_CLASS_SHARE = 0.01
 """A class counts towards a multi-class mask when it covers more than this share of its labelled pixels."""
