@@ -20,7 +20,7 @@ synthesize: setup
 	$(BIN)/kedro run --pipeline=synthesize
 
 test: setup-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 viz: setup
 	$(BIN)/kedro viz run --host 127.0.0.1 --no-browser

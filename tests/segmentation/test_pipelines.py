@@ -27,16 +27,6 @@ class Kept(MemoryDataset):
         pass
 
 
-def test_pipeline_inputs_are_the_contract():
-    assert filter_pipeline().inputs() == {"tiles", "tile_manifest", "class_registry", "synthetic_images",
-                                          "synthetic_manifest", "params:segmenter", "params:segmenter_work_root",
-                                          "params:filter"}
-    assert segment_pipeline().inputs() == {"tiles", "tile_manifest", "class_registry", "synthetic_images",
-                                           "filtered_synthetic", "filtered_manifest", "target_tiles",
-                                           "target_manifest", "params:segmenter", "params:segmenter_work_root",
-                                           "params:segment"}
-
-
 @pytest.mark.slow
 def test_filter_then_segment(tmp_path, toy_tiles, registry):
     tiles, manifest = toy_tiles
