@@ -27,20 +27,25 @@ def shared_data() -> Path:
     return path
 
 
-@pytest.fixture
-def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the project's configuration in a temporary folder, made the working directory,
-    so that pipeline runs write their data and MLflow runs there, not into the repository."""
-    project = tmp_path / "project"
-    project.mkdir()
+def make_project(project: Path) -> Path:
+    """A copy of the project's configuration in ``project`` (created), so that pipeline runs
+    there write their data and MLflow runs there, not into the repository."""
+    project.mkdir(parents=True)
     shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
-    shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(REPO / name, project / name)
     (project / "src").mkdir()  # the package itself is installed; Kedro only checks the folder
-    shutil.copy(REPO / ".telemetry", project / ".telemetry")
     for layer in ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models",
                   "07_model_output", "08_reporting"):
         (project / "data" / layer).mkdir(parents=True)
+    return project
+
+
+@pytest.fixture
+def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """:func:`make_project` in a temporary folder, made the working directory."""
+    project = make_project(tmp_path / "project")
     monkeypatch.chdir(project)
     return project
 

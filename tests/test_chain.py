@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, run_kedro
+from tests.conftest import REPO, make_project, run_kedro
 from tisynth.ingest.demo_scenes import DEMO_CLASSES, DemoSceneConfig, write_demo_dataset
 from tisynth.params import deep_merge
 from tisynth.validation import ParameterError
@@ -36,13 +36,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import os
 
     base = tmp_path_factory.mktemp("chain")
-    project = base / "project"
-    project.mkdir()
-    shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    (project / "conf" / "local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(REPO / name, project / name)
-    (project / "src").mkdir()
+    project = make_project(base / "project")
     shutil.copy(REPO / "notebooks" / "explore_run.ipynb", base / "explore_run.ipynb")
     (project / "notebooks").mkdir()
     shutil.copy(REPO / "notebooks" / "explore_run.ipynb", project / "notebooks" / "explore_run.ipynb")

@@ -69,17 +69,9 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
     sd15 = write_sd15_fixture(base / "stable-diffusion-v1-5")
     dataset = base / "dataset"
     write_demo_dataset(dataset, DemoSceneConfig(n_scenes=3, size=128, seed=5), DEMO_CLASSES)
-    import shutil
+    from tests.conftest import make_project
 
-    from tests.conftest import REPO
-
-    project = base / "project"
-    project.mkdir()
-    shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    (project / "conf" / "local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(REPO / name, project / name)
-    (project / "src").mkdir()
+    project = make_project(base / "project")
     params = chain_params(dataset, sd15)
     cwd = os.getcwd()
     os.chdir(project)
