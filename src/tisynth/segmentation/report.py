@@ -311,3 +311,19 @@ def plot_prediction_examples(
     """Image | truth | one column per model (e.g. baseline, augmented)."""
     rows = [[img, truth, *(predictions[k][i] for k in predictions)] for i, (img, truth) in enumerate(zip(images, truths))]
     return plot_image_grid(rows, ["image", "truth", *predictions.keys()], registry, names, "Test predictions")
+
+
+def comparison_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """MLflow metrics of a :func:`comparison_table`: ``<eval set>.<variant>.<metric>[.std]``."""
+    from tisynth.segmentation.tracking import safe_metric_name
+
+    metrics: dict[str, dict[str, float]] = {}
+    for _, row in table.iterrows():
+        for column in row.index:
+            if column.endswith(("_mean", "_std")):
+                value = row[column]
+                if isinstance(value, (int, float)) and np.isfinite(value):
+                    name = safe_metric_name(f"{row['eval_set']}.{column.rsplit('_', 1)[0]}.{row['metric']}"
+                                            f"{'' if column.endswith('_mean') else '.std'}")
+                    metrics[name] = {"value": float(value), "step": 0}
+    return metrics

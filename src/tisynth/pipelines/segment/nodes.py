@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -16,7 +15,6 @@ from tisynth.segmentation.config import SegmentSettings
 from tisynth.segmentation.experiment import AUGMENTED, BASELINE, run_comparison
 from tisynth.segmentation.pairs import Pair, pairs_from_manifest, read_index_mask, synthetic_pairs_from_manifest
 from tisynth.segmentation.segmenter import Segmenter
-from tisynth.segmentation.tracking import safe_metric_name
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +92,8 @@ def build_segment_report(
     for (variant, eval_set) in segment_confusions[["variant", "eval_set"]].drop_duplicates().itertuples(index=False):
         matrices[f"{eval_set} / {variant} (all seeds)"] = report.confusion_from_long(
             segment_confusions, k, variant=variant, eval_set=eval_set)
-    metrics: dict[str, Any] = {}
-    for _, row in table.iterrows():
-        for column in row.index:
-            if column.endswith("_mean") or column.endswith("_std"):
-                value = row[column]
-                if isinstance(value, (int, float)) and np.isfinite(value):
-                    name = safe_metric_name(f"{row['eval_set']}.{column.rsplit('_', 1)[0]}.{row['metric']}"
-                                            f"{'' if column.endswith('_mean') else '.std'}")
-                    metrics[name] = {"value": float(value), "step": 0}
     return (table, markdown, report.plot_per_class_iou(segment_results, class_registry),
-            report.plot_confusion_matrices(matrices, class_registry), metrics)
+            report.plot_confusion_matrices(matrices, class_registry), report.comparison_metrics(table))
 
 
 def plot_segment_predictions(
