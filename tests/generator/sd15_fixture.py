@@ -19,6 +19,7 @@ layout (``v1-inference.yaml``'s keys), which single-file loading needs.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +30,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from tisynth.classes import DEFAULT_PROMPT_TEMPLATE
+from tisynth.generator.ldm import SD15_ORIGINAL_CONFIG
 from tisynth.ingest.demo_scenes import DEMO_CLASSES
 
 UNET_CHANNELS = (32, 32, 64, 64)
@@ -203,54 +205,16 @@ def write_sd15_fixture(folder: str | Path, seed: int = 0) -> Path:
 
 
 def fixture_original_config() -> dict[str, Any]:
-    """The fixture's architecture in the original LDM config layout (``v1-inference.yaml`` keys)."""
-    return {
-        "model": {
-            "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
-            "params": {
-                "linear_start": 0.00085,
-                "linear_end": 0.012,
-                "timesteps": 1000,
-                "image_size": 8,
-                "channels": 4,
-                "conditioning_key": "crossattn",
-                "scale_factor": 0.18215,
-                "unet_config": {
-                    "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
-                    "params": {
-                        "image_size": 8,
-                        "in_channels": 4,
-                        "out_channels": 4,
-                        "model_channels": UNET_CHANNELS[0],
-                        "attention_resolutions": [4, 2, 1],
-                        "num_res_blocks": 2,
-                        "channel_mult": [c // UNET_CHANNELS[0] for c in UNET_CHANNELS],
-                        "num_heads": HEADS,
-                        "use_spatial_transformer": True,
-                        "transformer_depth": 1,
-                        "context_dim": TEXT_WIDTH,
-                        "legacy": False,
-                    },
-                },
-                "first_stage_config": {
-                    "target": "ldm.models.autoencoder.AutoencoderKL",
-                    "params": {
-                        "embed_dim": 4,
-                        "ddconfig": {
-                            "double_z": True,
-                            "z_channels": 4,
-                            "resolution": 64,
-                            "in_channels": 3,
-                            "out_ch": 3,
-                            "ch": VAE_CHANNELS[0],
-                            "ch_mult": [c // VAE_CHANNELS[0] for c in VAE_CHANNELS],
-                            "num_res_blocks": 1,
-                            "attn_resolutions": [],
-                            "dropout": 0.0,
-                        },
-                    },
-                },
-                "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder"},
-            },
-        }
-    }
+    """The fixture's architecture in the original LDM config layout: SD 1.5's ``v1-inference.yaml``
+    (:data:`tisynth.generator.ldm.SD15_ORIGINAL_CONFIG`) with the fixture's sizes."""
+    cfg = copy.deepcopy(SD15_ORIGINAL_CONFIG)
+    params = cfg["model"]["params"]
+    params["image_size"] = 8
+    params["unet_config"]["params"].update(
+        image_size=8, model_channels=UNET_CHANNELS[0], channel_mult=[c // UNET_CHANNELS[0] for c in UNET_CHANNELS],
+        num_heads=HEADS, context_dim=TEXT_WIDTH)
+    params["first_stage_config"]["params"]["ddconfig"].update(
+        resolution=64, ch=VAE_CHANNELS[0], ch_mult=[c // VAE_CHANNELS[0] for c in VAE_CHANNELS], num_res_blocks=1)
+    return cfg
+
+
