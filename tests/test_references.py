@@ -84,3 +84,23 @@ def test_the_ref_pool_takes_splits_as_a_list_or_a_command_line_string():
     assert list(references.build_pool(m, ["val"], "source")["ref_name"]) == ["c"]
     with pytest.raises(references.DataError, match="Ref pool is empty"):
         references.build_pool(m, "test", "source")
+
+
+def test_mask_limit_is_a_seeded_sample_not_the_first_names():
+    """Names that sort by scene class (builtup_0001, ..., water_0329) must not make the limited
+    set one class: the limit draws a seeded sample across all masks."""
+    n = 400
+    m = pd.DataFrame({
+        "name": [f"{c}_{i:04d}" for c in ("builtup", "farmland", "water", "forest") for i in range(n // 4)],
+        "split": ["train"] * n, "image": [f"images/{i}.png" for i in range(n)],
+        "mask": [f"masks/{i}.png" for i in range(n)], "group": ["g"] * n, "prompt": ["p"] * n,
+    })
+    pool = references.build_pool(m, None, "source")
+    plan = references.plan_synthesis(m, pool, cfg(pairing={"strategy": "same"}, masks={"limit": 40}))
+    classes = plan["mask_name"].str.split("_").str[0].value_counts()
+    assert len(plan) == 40 and plan["mask_name"].is_unique and set(classes.index) == {"builtup", "farmland", "water", "forest"}
+    assert classes.max() <= 20  # about 10 each, never one class
+    again = references.plan_synthesis(m, pool, cfg(pairing={"strategy": "same"}, masks={"limit": 40}))
+    other = references.plan_synthesis(m, pool, cfg(pairing={"strategy": "same", "seed": 1}, masks={"limit": 40}))
+    assert again.equals(plan) and set(other["mask_name"]) != set(plan["mask_name"])
+    assert list(plan["mask_name"]) == sorted(plan["mask_name"])

@@ -135,12 +135,17 @@ def _choose_refs(mask_rows: pd.DataFrame, pool: pd.DataFrame, cfg: PairingConfig
     return choices
 
 
+LIMIT_STREAM = 1  # the random stream of the mask sample, apart from the Ref draws of the same seed
+
+
 def plan_synthesis(manifest: pd.DataFrame, pool: pd.DataFrame, cfg: PairingConfig, list_root: Path | None = None) -> pd.DataFrame:
     """The synthesis plan: one row per synthetic image (mask × Ref × seed)."""
     masks = manifest[manifest["mask"].notna() & manifest["split"].isin(list(cfg.mask_splits))]
     masks = masks.sort_values("name").reset_index(drop=True)
-    if cfg.mask_limit:
-        masks = masks.iloc[: int(cfg.mask_limit)]
+    if cfg.mask_limit and int(cfg.mask_limit) < len(masks):
+        # a seeded sample, not the first names: names often sort by scene class (builtup_0001, ...)
+        keep = np.random.default_rng([cfg.seed, LIMIT_STREAM]).choice(len(masks), size=int(cfg.mask_limit), replace=False)
+        masks = masks.iloc[np.sort(keep)].reset_index(drop=True)
     if masks.empty:
         raise DataError(f"no labelled tiles in splits {list(cfg.mask_splits)} to synthesise for")
     rows = []
