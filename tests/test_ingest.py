@@ -368,5 +368,5 @@ def test_labelled_fraction_keeps_a_stratified_share_and_never_writes_the_other_m
 
 @pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
 def test_labelled_fraction_outside_0_1_is_refused(tmp_path, fraction):
-    with pytest.raises(ingest.DataError, match="labelled_fraction must be in"):
+    with pytest.raises(DataError, match="labelled_fraction must be in"):
         ingest.DatasetConfig.from_params({"root": str(tmp_path), "labelled_fraction": fraction})
