@@ -33,10 +33,6 @@ _NOT_IN_FINGERPRINT = {"steps", "checkpoint_every", "checkpoints_keep", "log_eve
                        "sample", "progress", "num_workers", "resume"}
 
 
-def _digest(obj: Any) -> str:
-    return settings_digest(obj)
-
-
 def stage_config(params: Mapping[str, Any], stage: str, ref_augment: Mapping[str, Any] | None) -> dict[str, Any]:
     """The TrainConfig dict of one stage: ``common`` settings overridden by the stage's own."""
     cfg = {**dict(params.get("common") or {}), **dict(params.get(stage) or {}), "stage": stage}
@@ -47,12 +43,12 @@ def stage_config(params: Mapping[str, Any], stage: str, ref_augment: Mapping[str
 
 def stage_fingerprints(upstream: str, cfg: Mapping[str, Any]) -> tuple[str, str]:
     """(fingerprint of this stage's checkpoints, fingerprint handed to the next stage)."""
-    own = _digest([upstream, {k: v for k, v in cfg.items() if k not in _NOT_IN_FINGERPRINT}])
-    return own, _digest([upstream, dict(cfg)])
+    own = settings_digest([upstream, {k: v for k, v in cfg.items() if k not in _NOT_IN_FINGERPRINT}])
+    return own, settings_digest([upstream, dict(cfg)])
 
 
 def data_fingerprint(generator_config: Mapping[str, Any], train_names: Sequence[str]) -> str:
-    return _digest([dict(generator_config), sorted(train_names)])
+    return settings_digest([dict(generator_config), sorted(train_names)])
 
 
 def prepare_checkpoint_dir(folder: Path, fingerprint: str, policy: str = "set_aside") -> Path:
