@@ -9,6 +9,9 @@ Everything resumes: a rerun continues where the last one stopped.
     python benchmarks/generator_run.py --data ../shared/data/gid5 --taef2 ../shared/data/weights/taef2 \\
         --workspace <ws> [--pipelines synthesize] [--set train_generator.base.steps=2000 ...]
 
+``--nodes`` runs single nodes of those pipelines, e.g. only the real-only segmenter a reading
+needs: ``--pipelines filter --nodes filter.train_real_segmenter``.
+
 Ablations at equal budget are one command each, e.g. ``--set generator.mask_conditioning=concat``
 or ``--set generator.scheduler.rescale_betas_zero_snr=false`` with ``--pipelines ingest
 references train_generator`` (the evaluation can borrow another workspace's segmenter).
@@ -60,6 +63,8 @@ def main() -> int:
     p.add_argument("--workspace", required=True)
     p.add_argument("--taef2", help="folder with the TAEF2 weights")
     p.add_argument("--pipelines", nargs="+", default=["synthesize"])
+    p.add_argument("--nodes", nargs="+", default=None,
+                   help="run only these nodes of the pipelines (namespaced names, e.g. filter.train_real_segmenter)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="dotted.key=YAML value")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -94,12 +99,12 @@ def main() -> int:
     start = time.time()
     with session(workspace, params) as s:
         s._hook_manager.register(Hooks())
-        s.run(pipeline_names=args.pipelines)
+        s.run(pipeline_names=args.pipelines, node_names=args.nodes)
     while mlflow.active_run():
         mlflow.end_run()
     timings = {"total": time.time() - start, **timer.seconds}
     previous = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else []
-    (out / "timings.json").write_text(json.dumps([*previous, {"pipelines": args.pipelines, "seconds": timings}], indent=2))
+    (out / "timings.json").write_text(json.dumps([*previous, {"pipelines": args.pipelines, "nodes": args.nodes, "seconds": timings}], indent=2))
     for name, sec in timings.items():
         print(f"{name:40s} {sec / 60:7.1f} min")
     return 0
