@@ -3,6 +3,8 @@
 #   make test   set up .venv with test tools and run the test suite
 VENV ?= .venv
 BIN := $(VENV)/bin
+# test processes (pytest-xdist): auto = one per core; 0 runs the suite in one process
+TEST_WORKERS ?= auto
 export KEDRO_DISABLE_TELEMETRY := 1
 
 .PHONY: setup setup-dev demo synthesize test viz viz-build mlflow-ui dag clean
@@ -20,7 +22,7 @@ synthesize: setup
 	$(BIN)/kedro run --pipeline=synthesize
 
 test: setup-dev
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadfile
 
 viz: setup
 	$(BIN)/kedro viz run --host 127.0.0.1 --no-browser

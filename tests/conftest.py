@@ -11,6 +11,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker process gets one torch thread (and so do the processes
+    its tests start), so that N workers on N cores do not oversubscribe the CPU."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def shared_data_dir() -> Path:
     """Real data beside the repository (override with TISYNTH_SHARED_DATA)."""
     return Path(os.environ.get("TISYNTH_SHARED_DATA", REPO.parent / "shared" / "data"))
