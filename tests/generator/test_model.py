@@ -192,6 +192,24 @@ def test_mask_hint_init_keeps_the_model_unchanged_at_step_zero(registry, zero_in
     assert torch.equal(feats[0], feats[1]) == zero_init
 
 
+@pytest.mark.parametrize("zero_init", [True, False])
+@torch.no_grad()
+def test_ref_hint_init_decides_whether_the_ref_path_starts_first_order(registry, zero_init):
+    model = build_generator({"preset": "tiny", "ref_hint_zero_init": zero_init}, registry, seed=0)
+    assert bool((model.ref_controlnet.controlnet_cond_embedding.conv_out.weight == 0).all()) == zero_init
+    x = _batch(model, 2, 64, 64)
+    other = {**x, "ref_latents": torch.randn(x["ref_latents"].shape, generator=torch.Generator().manual_seed(5))}
+    # AIA's output projections start at zero: the Ref changes nothing at step 0 either way
+    assert torch.equal(model.predict_noise(**x), model.predict_noise(**other))
+    # once they have moved (one optimiser step's worth), the Ref matters only if the hint encoder
+    # already passes it on; with a zero hint conv it would first need a second, dependent step
+    for layer in model.aia.values():
+        for attn in layer.modules():
+            if hasattr(attn, "to_out"):
+                attn.to_out[0].weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model.predict_noise(**x), model.predict_noise(**other)) == zero_init
+
+
 def test_controlnets_restart_from_the_current_unet(registry):
     model = build_generator({"preset": "tiny", **PAPER_PATH}, registry, seed=0)
     hint_before = {n: p.clone() for n, p in model.mask_controlnet.controlnet_cond_embedding.named_parameters()}

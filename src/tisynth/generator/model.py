@@ -749,6 +749,9 @@ def _build(cfg: dict[str, Any], registry: ClassRegistry) -> TISynthGenerator:
     ref_cn = ControlNetModel.from_unet(
         unet, conditioning_channels=autoencoder.latent_channels, conditioning_embedding_out_channels=tuple(ref_hint)
     )
+    if not cfg.get("ref_hint_zero_init", True):
+        # AIA's output projections stay zero, so the model is still unchanged at initialisation
+        ref_cn.controlnet_cond_embedding.conv_out.reset_parameters()
     init_output_convs_identity(ref_cn)
     unet.requires_grad_(False)
     return TISynthGenerator(cfg, registry, unet, autoencoder, text_encoder, tokenizer, scheduler_config, mask_cn, ref_cn)
