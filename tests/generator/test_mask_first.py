@@ -4,6 +4,7 @@ and the latent cache."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -196,8 +197,11 @@ def test_latent_cache_is_invalidated_by_another_autoencoder(tiles, tmp_path):
     a = build_latent_cache(SpaceToDepthAutoencoder(4, 2.0), tileset, manifest, tmp_path / "c", variants=1, progress=False)
     b = build_latent_cache(SpaceToDepthAutoencoder(4, 1.0), tileset, manifest, tmp_path / "c", variants=1, progress=False)
     assert a["folder"] != b["folder"] and b["encoded_now"] == 2  # a new folder; the old one is kept
-    assert (tmp_path / "c" / a["fingerprint"]).is_dir()
-    meta = tmp_path / "c" / a["fingerprint"] / "cache.json"
+    assert Path(a["folder"]).is_dir() and Path(a["folder"]).parent == tmp_path / "c"
+    two = build_latent_cache(SpaceToDepthAutoencoder(4, 2.0), tileset, manifest, tmp_path / "c", variants=2, progress=False)
+    assert two["folder"] != a["folder"] and two["encoded_now"] == 2  # another variant count: its own folder
+    assert len(list(Path(a["folder"]).rglob("*.safetensors"))) == 2
+    meta = Path(a["folder"]) / "cache.json"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "variants": 8}))
     with pytest.raises(LatentCacheError, match="another cache"):
         build_latent_cache(SpaceToDepthAutoencoder(4, 2.0), tileset, manifest, tmp_path / "c", variants=1, progress=False)

@@ -13,11 +13,11 @@ are encoded: 8 (the whole group), 4 (the four rotations), 2 (identity and the ho
 the method's own flip augmentation) or 1 (none); the cost is one encoder pass per tile and
 variant, once.
 
-Layout of a cache folder (one per autoencoder fingerprint, so a changed autoencoder never
-reuses or deletes another's latents)::
+Layout of a cache folder (one per autoencoder fingerprint, variant count and dtype, so a changed
+autoencoder or setting never reuses or deletes another's latents)::
 
-    <root>/<fingerprint>/cache.json          autoencoder config + weights fingerprint, variants
-    <root>/<fingerprint>/latents/<name>.safetensors   "latents": V×C×h×w (fp16 or fp32)
+    <root>/<fingerprint>-v<V>-<dtype>/cache.json     autoencoder config + weights fingerprint, variants
+    <root>/<fingerprint>-v<V>-<dtype>/latents/<name>.safetensors   "latents": V×C×h×w (fp16 or fp32)
 
 Each tile's file is written atomically; a rerun skips tiles already there (resumable), and
 a cache whose ``cache.json`` belongs to other weights is refused rather than mixed.
@@ -83,6 +83,8 @@ def build_latent_cache(
     """Encode the labelled tiles of ``manifest`` (all rows given) into ``root``; returns the cache's description.
 
     Resumable: tiles whose file exists are skipped. ``variants``: 1, 2, 4 or 8 (:data:`VARIANT_SETS`).
+    The cache lives in ``root/<autoencoder fingerprint>-v<variants>-<dtype>``: another autoencoder,
+    variant count or dtype gets a new folder, and the old one is kept.
     """
     if variants not in VARIANT_SETS:
         raise LatentCacheError(f"variants must be one of {sorted(VARIANT_SETS)}, got {variants}")
@@ -91,7 +93,7 @@ def build_latent_cache(
     rows = TileDataset(tiles, manifest, split=None).rows  # validates the manifest
     config = autoencoder.get_config()
     fp = weights_fingerprint(autoencoder, config)
-    folder = Path(root) / fp
+    folder = Path(root) / f"{fp}-v{variants}-{dtype}"
     meta = {"fingerprint": fp, "autoencoder": config, "variants": variants, "dtype": dtype,
             "latent_channels": autoencoder.latent_channels, "factor": autoencoder.downsample_factor}
     meta_path = folder / CACHE_FILE
