@@ -44,7 +44,7 @@ def _train_names(manifest: pd.DataFrame, params: dict[str, Any]) -> list[str]:
 
 
 def cache_latents(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
-    """Encode the training tiles once (8 dihedral variants) for training; ``{"enabled": false}`` when off."""
+    """Encode the training tiles once (``latent_cache.variants`` orientations) for training; ``{"enabled": false}`` when off."""
     cfg = dict(params.get("latent_cache") or {})
     if not cfg.get("enabled", False):
         return {"enabled": False}
