@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tisynth.io import DataError, read_image
@@ -100,3 +101,22 @@ def test_generated_models_build_and_run(registry, kind):
     seg = Segmenter(build_model(model_cfg), model_cfg, registry, cfg, device="cpu")
     x = np.zeros((1, 64, 64, 3), dtype=np.uint8)
     assert seg.predict_logits(x).shape == (1, registry.num_classes, 64, 64)
+
+
+def test_comparison_report_pass_loads_finished_segmenters_and_trains_none(toy_tiles, registry, tmp_path):
+    from tisynth.segmentation.experiment import BASELINE, run_comparison
+
+    tiles, manifest = toy_tiles
+    train, val = manifest_pairs(tiles.root, manifest, "train"), manifest_pairs(tiles.root, manifest, "val")
+    evals = {"test": manifest_pairs(tiles.root, manifest, "test")}
+    cfg = tiny_config(train={"iterations": 20, "val_interval": 20, "checkpoint_interval": 20})
+    first = run_comparison(cfg, registry, train, val, [], evals, tmp_path, seeds=[0], variants=(BASELINE,),
+                           track=False)
+    assert set(first.results["seed"]) == {0}
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    report = run_comparison(cfg, registry, train, val, [], evals, tmp_path, seeds=[0, 1], variants=(BASELINE,),
+                            track=False, train_missing=False)
+    # seed 1 was never trained: skipped, and no work folder was started for it
+    assert set(report.results["seed"]) == {0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == folders
+    pd.testing.assert_frame_equal(report.results, first.results)

@@ -25,7 +25,7 @@ from tisynth.segmentation.config import MixConfig, SegmenterConfig
 from tisynth.segmentation.metrics import SegmentationMetrics
 from tisynth.segmentation.pairs import Pair, pairs_from_manifest
 from tisynth.segmentation.segmenter import Segmenter
-from tisynth.segmentation.train import train_segmenter, work_dir_for
+from tisynth.segmentation.train import segmenter_finished, train_segmenter, work_dir_for
 
 log = logging.getLogger("tisynth.segmentation")
 
@@ -139,12 +139,15 @@ def run_comparison(
     seeds: Sequence[int] = (0,),
     variants: Sequence[str] = (BASELINE, AUGMENTED),
     track: bool = True,
+    train_missing: bool = True,
 ) -> ComparisonResult:
     """Train real-only and real + synthetic segmenters per seed and evaluate each once.
 
     Both variants share every setting and the seed; ``mix`` decides how synthetic pairs enter
     (``equal_budget`` keeps the iteration count). Model selection uses ``val_pairs`` only;
     ``eval_sets`` are touched once per trained model, after its training ended.
+    With ``train_missing=False`` only segmenters whose training already finished are loaded and
+    evaluated; the other (seed, variant) pairs are skipped (a report over work done so far).
     """
     config = SegmenterConfig.from_params(config)
     mix_cfg = MixConfig.from_params(mix)
@@ -169,6 +172,9 @@ def run_comparison(
             name = f"{variant}-seed{seed}"
             job = REAL_SYNTHETIC_JOB if variant == AUGMENTED else REAL_ONLY_JOB
             work_dir = work_dir_for(work_root, job, cfg, registry, train_pairs, val_pairs, synthetic, mix_used)
+            if not train_missing and not segmenter_finished(work_dir):
+                log.info("[%s] not trained yet; skipped (train_missing=False)", name)
+                continue
             extra = {"variant": variant, "seed": int(seed), "n_train_real": len(train_pairs),
                      "n_train_synthetic": len(synthetic or []), "n_val": len(val_pairs),
                      "mix": vars(mix_used) if mix_used else "none",

@@ -243,6 +243,11 @@ def train_segmenter(
     return Segmenter(model, model_config, registry, config, info, device)
 
 
+def segmenter_finished(work_dir: str | Path) -> bool:
+    """Whether the training job of ``work_dir`` (a :func:`work_dir_for` folder) has finished."""
+    return (Path(work_dir) / "done.json").is_file()
+
+
 def work_dir_for(root: str | Path, name: str, config: SegmenterConfig, registry: ClassRegistry,
                  train_pairs: Sequence[Pair], val_pairs: Sequence[Pair] | None,
                  synthetic_pairs: Sequence[Pair] | None = None, mix: MixConfig | None = None) -> Path:
