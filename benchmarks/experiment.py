@@ -1,25 +1,34 @@
-"""Does TISynth-style synthetic data help? The paper's experiment at small scale on real data.
+"""Does TISynth-style synthetic data help? The paper's comparison on real data, one setting per workspace.
 
-Runs the project's own pipelines (``kedro run --pipeline=synthesize`` in the ``folder``
-environment) on a real dataset in a workspace folder, then adds what the paper's comparison
-needs on top of their outputs:
+Runs the project's own ``synthesize`` pipeline (``folder`` environment: the mask-first
+generator, the real-only segmenter of the filter step, the FreeMask filter) in a workspace
+folder, then trains the segmenters the comparison needs, on equal iteration budgets, with
+checkpoints selected on val and every evaluation set touched once per model:
 
-(a) real only, (b) real + filtered TISynth synthetic, (c) real + filtered synthetic from the
-mask ControlNet alone (the stage-A model: no Ref, no AIA; the ablation), (d) real + unfiltered
-TISynth synthetic; equal iteration budgets, checkpoints selected on val, the test split (and a
-target domain's test tiles) touched once per model, several seeds. Image-quality proxy: a
-real-only segmenter's mIoU on synthetic images against the masks they were made for.
+(a) ``real``: real tiles only; (b) ``tisynth``: + the filtered TISynth set; (c) ``maskonly``:
++ the same plan sampled by the generator before its Ref stage (mask and text only: no Ref, no
+AIA), filtered by the same rule; (d) ``tisynth_unfiltered``: + every TISynth image with its
+mask as it is. Seeds are paired: variant (x) and (a) of one seed share the seed, the model's
+initialisation and the crop stream's seed; the report gives each gain over (a) per seed, its
+mean, and the 95 % paired-t interval of that mean over seeds.
 
-    python benchmarks/experiment.py --data ../shared/data/gid5 --workspace benchmarks/out/gid5 \\
-        --taef2 ../shared/data/weights/taef2
-    # cross-domain (Rural -> Urban analogue): masks from some scene groups, Refs + test from others
-    python benchmarks/experiment.py --data ../shared/data/gid5 --workspace benchmarks/out/gid5_cross \\
-        --taef2 ../shared/data/weights/taef2 --source-groups "farmland forest meadow water" \\
-        --target-groups builtup
+The settings of docs/results.md §4c are parameter overrides (``--set dotted.key=YAML``):
 
-Every step resumes: generator checkpoints, synthetic images, filtered masks and segmenter work
-folders are reused by a rerun with the same settings. Results go to ``<workspace>/results``
-(CSV, Markdown, figures); ``--smoke`` shrinks every budget to check the wiring in minutes.
+    # label-scarce in-domain: 25 % of the train tiles keep masks, Refs from the other 75 %
+    python benchmarks/experiment.py --data <gid5> --taef2 <taef2> --workspace <ws> --seeds 0 1 2 3 4 \\
+        --set dataset.labelled_fraction=0.25 --set 'references.pool.splits=[unlabeled]'
+    # full labels in-domain
+    python benchmarks/experiment.py --data <gid5> --taef2 <taef2> --workspace <ws2> --variants real tisynth
+    # sensor shift: source tiles labelled, Refs and a second evaluation from the shifted target
+    python -m tisynth sensor-shift <gid5> <shift> --config conf/sensor_shift.yml
+    python benchmarks/experiment.py --data <shift>/source --taef2 <taef2> --workspace <ws3> \\
+        --set target.root=<shift>/target --variants real tisynth
+
+Everything resumes and nothing is redone: generator checkpoints, synthetic images, filtered
+masks and segmenter work folders are reused by a rerun with the same settings, so the work can
+be made in chunks (``--variants`` / ``--seeds`` name what to add; ``--phases`` skips phases).
+Each run rewrites ``<workspace>/results`` from every finished segmenter of the workspace's
+settings: ``results_long.csv``, ``summary.md``, ``gains.csv`` and figures.
 """
 
 from __future__ import annotations
@@ -37,55 +46,40 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("experiment")
 
 VARIANTS = {
     "real": "(a) real only",
-    "tisynth": "(b) real + TISynth (filtered)",
-    "controlnet": "(c) real + mask ControlNet only (filtered)",
-    "tisynth_unfiltered": "(d) real + TISynth (unfiltered)",
+    "tisynth": "(b) + TISynth, filtered",
+    "maskonly": "(c) + mask-only generator (no Ref, no AIA), filtered",
+    "tisynth_unfiltered": "(d) + TISynth, unfiltered",
 }
+PHASES = ("synthesize", "maskonly", "segment", "report")
+MAIN_METRICS = ("OA", "mIoU", "mAcc")
 
 
-def kedro_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Parameters of the synthesize run (on top of conf/base + conf/folder)."""
-    s = 0.02 if args.smoke else 1.0
+def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
+    """``params[a][b][c] = value`` for ``key`` ``a.b.c`` (intermediate blocks are created)."""
+    node = params
+    *parents, last = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
 
-    def steps(n: int) -> int:
-        return max(2, int(n * s))
 
-    generator: dict[str, Any] = {"preset": "small"}
-    if args.taef2:
-        generator["autoencoder"] = {"type": "taef2", "weights_dir": str(Path(args.taef2).resolve()), "scale": 1.25}
-    params: dict[str, Any] = {
-        "dataset": {"root": str(Path(args.data).resolve())},
-        "generator": generator,
-        "train_generator": {
-            "common": {"batch_size": 8, "checkpoint_every": 50, "log_every": 10},
-            "base": {"steps": steps(args.base_steps), "learning_rate": 1e-3},
-            "A": {"steps": steps(args.a_steps), "learning_rate": 5e-4},
-            "B": {"steps": steps(args.b_steps), "learning_rate": 5e-4},
-            "report": {"tiles": 6, "sample": {"steps": args.sample_steps, "guidance_scale": args.guidance}},
-        },
-        "references": {"seeds_per_pair": 1, "pairing": {"refs_per_mask": 1},
-                       "masks": {"limit": 24 if args.smoke else args.mask_limit}},
-        "sample": {"sampler": {"steps": 2 if args.smoke else args.sample_steps, "guidance_scale": args.guidance,
-                               "batch_size": 16}},
-        "segmenter": {
-            "data": {"crop_size": 128, "resize_ratio": [0.5, 2.0]},
-            "train": {"iterations": steps(args.seg_iterations), "val_interval": steps(args.seg_iterations // 4),
-                      "checkpoint_interval": steps(args.seg_iterations // 4), "log_interval": 100,
-                      "num_threads": args.threads},
-            "optimizer": {"lr": 0.001},
-        },
-    }
-    if args.source_groups:
-        params["dataset"]["groups"] = args.source_groups
-    if args.target_groups:
-        params["target"] = {"root": str(Path(args.data).resolve()), "groups": args.target_groups,
-                            "require_masks": True}
+def base_params(data: str, taef2: str | None, overrides: list[str]) -> dict[str, Any]:
+    """Runtime parameters on top of conf/base + conf/folder: the dataset, the autoencoder, ``--set`` items."""
+    params: dict[str, Any] = {"dataset": {"root": str(Path(data).resolve())}, "generator": {"preset": "small"}}
+    if taef2:
+        params["generator"]["autoencoder"] = {"type": "taef2", "weights_dir": str(Path(taef2).resolve()), "scale": 1.25}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected dotted.key=value")
+        set_dotted(params, key, yaml.safe_load(value))
     return params
 
 
@@ -124,54 +118,137 @@ def run_pipelines(workspace: Path, params: dict[str, Any], pipelines: list[str])
     return time.time() - start
 
 
-def sample_and_filter_controlnet(catalog: Any, out: Path, params: dict[str, Any], registry: Any) -> pd.DataFrame:
-    """(c): the same plan sampled by the stage-A model (mask only), filtered like (b)."""
+def mask_only_set(catalog: Any, ctx_params: dict[str, Any], folder: Path) -> pd.DataFrame:
+    """(c): the synthesis plan sampled by the generator before its Ref stage, filtered like (b).
+
+    The model is ``generator_stage_a``: for a mask-first base (SPADE / concat) that is the base
+    after its own training, sampled in mode ``base`` (mask + text); for the ControlNet recipe the
+    stage-A mask ControlNet, mode ``controlnet``. Sampler and filter settings are the run's own.
+    Returns the filtered manifest (column ``kept``).
+    """
     from tisynth import filtering
     from tisynth.generator import synthesis
     from tisynth.io import TileSet
 
-    plan = catalog.load("synthesis_plan")
-    tiles = catalog.load("tiles")
-    target = catalog.load("target_tiles")
+    plan, tiles, target = catalog.load("synthesis_plan"), catalog.load("tiles"), catalog.load("target_tiles")
+    registry = catalog.load("class_registry")
     model = catalog.load("generator_stage_a")
-    sampler = {**params["sample"]["sampler"], "mode": "controlnet"}
-    settings = synthesis.SynthesisSettings(sample=sampler, chunk=32)
-    folder = out / "synthetic_controlnet"
-    synthesis.write_synthetic_images(folder, model, plan, {"source": tiles, "target": target}, settings,
-                                     synthesis.generator_version(model) + "-controlnet")
-    manifest = synthesis.index_synthetic(TileSet(folder), plan, "png")
+    mode = "base" if getattr(model, "mask_first", False) else "controlnet"
+    settings = synthesis.SynthesisSettings.from_params(ctx_params["sample"])
+    settings = synthesis.SynthesisSettings(**{**vars(settings), "sample": {**settings.sample, "mode": mode}})
+    images = folder / "synthetic"
+    synthesis.write_synthetic_images(images, model, plan, {"source": tiles, "target": target}, settings,
+                                     synthesis.generator_version(model) + f"-{mode}")
+    manifest = synthesis.index_synthetic(TileSet(images), plan, settings.image_format)
+    fcfg = filtering.FilterSettings.from_params(ctx_params["filter"])
     segmenter = catalog.load("real_segmenter")
     mu = filtering.class_losses_array(catalog.load("class_losses"), registry.num_classes)
-    items = filtering.synthetic_items(manifest, TileSet(folder), tiles)
-    filtering.filter_synthetic_set(segmenter, items, mu, out / "filtered_controlnet", 1.25, 16)
+    items = filtering.synthetic_items(manifest, TileSet(images), tiles)
+    filtering.filter_synthetic_set(segmenter, items, mu, folder / "filtered", fcfg.tolerance, fcfg.batch_size)
     hard = filtering.select_hard_classes(catalog.load("hard_classes"), registry)
-    kept, _, summary = filtering.resample_filtered_set(manifest, items, out / "filtered_controlnet", registry, hard, 0.8)
-    log.info("ControlNet-only synthetic: %s", summary)
+    kept, _, summary = filtering.resample_filtered_set(manifest, items, folder / "filtered", registry, hard,
+                                                       fcfg.min_kept_fraction)
+    log.info("mask-only synthetic (mode %s): kept %d of %d pairs", mode, int(summary["kept_pairs"]),
+             int(summary["synthetic_pairs"]))
     return kept
 
 
-def quality_proxy(segmenter: Any, pairs: list[tuple[np.ndarray, np.ndarray]], k: int) -> dict[str, float]:
-    """A real-only segmenter's scores on (image, mask) pairs: how well images follow masks."""
-    from tisynth.segmentation.metrics import ConfusionAccumulator
+def reading(segmenter: Any, images: list[np.ndarray], masks: list[np.ndarray], k: int) -> dict[str, float]:
+    """A real-only segmenter's reading of images against the masks they were made for."""
+    from tisynth.generator.reading import mask_following
 
-    acc = ConfusionAccumulator(k)
-    for img, mask in pairs:
-        acc.update(mask, segmenter.predict(img)[0])
-    m = acc.result()
-    return {"OA": m.oa, "mIoU": m.miou, "mAcc": m.macc}
+    return mask_following([segmenter.predict(img)[0] for img in images], masks, k)
 
 
-def style_distance(images: list[np.ndarray], reference: list[np.ndarray]) -> float:
-    """Distance between the mean colour histograms (per channel, 32 bins) of two image sets."""
-    def hist(imgs: list[np.ndarray]) -> np.ndarray:
-        h = np.zeros((3, 32))
-        for im in imgs:
-            for c in range(3):
-                h[c] += np.histogram(im[..., c], bins=32, range=(0, 256))[0]
-        return h / h.sum(axis=1, keepdims=True)
+def gains_table(results: pd.DataFrame, baseline: str = "real") -> pd.DataFrame:
+    """Per eval set, variant and metric: mean ± std over seeds, and the paired gain over ``baseline``.
 
-    a, b = hist(images), hist(reference)
-    return float(0.5 * np.abs(a - b).sum(axis=1).mean())  # total variation, 0..1
+    Each variant is compared with ``baseline`` by :func:`tisynth.segmentation.report.comparison_table`
+    (gain per seed on the seeds both have, its mean, and the 95 % paired-t interval of that mean).
+    """
+    from tisynth.segmentation.report import comparison_table
+
+    main = results[results["metric"].isin(MAIN_METRICS)]
+    rows = []
+    for variant in [v for v in VARIANTS if v in set(main["variant"])]:
+        pair = main[main["variant"].isin({baseline, variant})]
+        table = comparison_table(pair, baseline=baseline, augmented=variant)
+        wide = pair.pivot_table(index=["eval_set", "metric", "seed"], columns="variant", values="value")
+        for _, t in table.iterrows():
+            part = wide.loc[(t["eval_set"], t["metric"])]
+            row = {"eval_set": t["eval_set"], "metric": t["metric"], "variant": variant,
+                   "seeds": int(part[variant].notna().sum()), "mean": t[f"{variant}_mean"], "std": t[f"{variant}_std"]}
+            if variant != baseline and "delta_mean" in t and baseline in part:
+                diff = (part[variant] - part[baseline]).dropna()
+                row.update(paired_seeds=len(diff), gain=t["delta_mean"], gain_std=t["delta_std"],
+                           ci_low=t["delta_ci_low"], ci_high=t["delta_ci_high"],
+                           per_seed=" ".join(f"{100 * d:+.2f}" for d in diff))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pct(x: float) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{100 * x:.2f}"
+
+
+def summary_markdown(results: pd.DataFrame, gains: pd.DataFrame, extras: list[str]) -> str:
+    lines = ["# Results", ""]
+    for eval_set in gains["eval_set"].unique():
+        part = gains[gains["eval_set"] == eval_set]
+        seeds = int(part["seeds"].max())
+        lines += [f"## {eval_set} (percent; mean ± std over seeds; gain = variant − (a) per seed, mean "
+                  f"[95 % paired-t interval])", "",
+                  "| variant | seeds | OA | mIoU | mAcc | gain OA | gain mIoU | gain mAcc |", "|---|---|---|---|---|---|---|---|"]
+        for variant in [v for v in VARIANTS if v in set(part["variant"])]:
+            rows = part[part["variant"] == variant].set_index("metric")
+            cells = [f"{_pct(rows.loc[m, 'mean'])} ± {_pct(rows.loc[m, 'std'])}" for m in MAIN_METRICS]
+            gains_cells = []
+            for m in MAIN_METRICS:
+                r = rows.loc[m]
+                if variant == "real" or "gain" not in r or not np.isfinite(r.get("gain", np.nan)):
+                    gains_cells.append("")
+                else:
+                    gains_cells.append(f"{100 * r['gain']:+.2f} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]")
+            lines.append(f"| {VARIANTS[variant]} | {int(rows['seeds'].max())} | " + " | ".join(cells + gains_cells) + " |")
+        lines += ["", f"Per-seed mIoU gain over (a) (seeds {seeds} at most):", ""]
+        for variant in [v for v in VARIANTS if v != "real" and v in set(part["variant"])]:
+            r = part[(part["variant"] == variant) & (part["metric"] == "mIoU")].iloc[0]
+            if isinstance(r.get("per_seed"), str):
+                excl = "excludes 0" if r["ci_low"] > 0 or r["ci_high"] < 0 else "includes 0"
+                lines.append(f"- {VARIANTS[variant]}: {r['per_seed']} (interval {excl})")
+        per_class = results[(results["eval_set"] == eval_set) & (results["metric"] == "IoU")]
+        if len(per_class):
+            pc = per_class.groupby(["class", "variant"])["value"].mean().unstack("variant") * 100
+            pc = pc[[v for v in VARIANTS if v in pc.columns]]
+            lines += ["", "Per-class IoU (mean over seeds):", "", "| class | " + " | ".join(pc.columns) + " |",
+                      "|---" * (len(pc.columns) + 1) + "|"]
+            lines += [f"| {cls} | " + " | ".join(f"{v:.2f}" for v in r.values) + " |" for cls, r in pc.iterrows()]
+        lines.append("")
+    return "\n".join(lines + extras)
+
+
+def plot_gains(gains: pd.DataFrame, path: Path) -> None:
+    """Per-seed-paired mIoU gain over (a) with its 95 % interval, one panel per eval set."""
+    from tisynth.plots import plt
+
+    g = gains[(gains["metric"] == "mIoU") & gains["gain"].notna()] if "gain" in gains else gains.iloc[:0]
+    if g.empty:
+        return
+    sets = list(g["eval_set"].unique())
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 2.8), squeeze=False, layout="constrained")
+    for ax, eval_set in zip(axes[0], sets):
+        part = g[g["eval_set"] == eval_set]
+        y = np.arange(len(part))
+        ax.errorbar(100 * part["gain"], y, xerr=[100 * (part["gain"] - part["ci_low"]), 100 * (part["ci_high"] - part["gain"])],
+                    fmt="o", capsize=4)
+        for yy, seeds in zip(y, part["per_seed"]):
+            ax.scatter([float(s) for s in seeds.split()], [yy] * len(seeds.split()), s=10, alpha=0.5, color="grey")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, [VARIANTS[v].split(" ", 1)[0] for v in part["variant"]])
+        ax.set_xlabel("mIoU gain over (a), points")
+        ax.set_title(eval_set)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -179,165 +256,124 @@ def main() -> int:
     p.add_argument("--data", required=True, help="dataset folder (images/, masks/, classes.csv, split.csv)")
     p.add_argument("--workspace", required=True, help="folder for this experiment's data, models and results")
     p.add_argument("--taef2", help="folder with the TAEF2 weights (latent diffusion in its 32x28x28 space)")
-    p.add_argument("--source-groups", help="scene groups of the labelled source (split file's scene column)")
-    p.add_argument("--target-groups", help="scene groups of the target domain (Refs + evaluation)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--base-steps", type=int, default=1200)
-    p.add_argument("--a-steps", type=int, default=600)
-    p.add_argument("--b-steps", type=int, default=400)
-    p.add_argument("--sample-steps", type=int, default=12)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--mask-limit", type=int, default=None, help="synthesise for at most this many masks")
-    p.add_argument("--seg-iterations", type=int, default=2000)
-    p.add_argument("--threads", type=int, default=None, help="torch threads for the segmenters (null: default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="dotted.key=YAML value (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--smoke", action="store_true", help="tiny budgets: check the wiring")
-    p.add_argument("--reuse-synthetic", action="store_true",
-                   help="do not run `synthesize`: use the workspace's generator and synthetic data as they are "
-                        "(to add seeds or variants after the code changed)")
+    p.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES,
+                   help="synthesize: the Kedro pipeline (resumes); maskonly: sample + filter (c); segment: train "
+                        "the missing segmenters; report: gather every finished one")
+    p.add_argument("--reading-items", type=int, default=48, help="synthetic images per set read by the real-only segmenter")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     workspace = Path(args.workspace).resolve()
     out = workspace / "results"
+    params = base_params(args.data, args.taef2, args.overrides)
+    settings_file = out / "params.json"
+    if settings_file.is_file():
+        before = json.loads(settings_file.read_text()).get("kedro_params")
+        if before is not None and before != params:
+            raise SystemExit(f"{workspace}: made with other settings ({settings_file}); use a new workspace, "
+                             "or the same --data/--taef2/--set as before")
     prepare_workspace(workspace)
     out.mkdir(parents=True, exist_ok=True)
-    params = kedro_params(args)
-    (out / "params.json").write_text(json.dumps({**vars(args), "kedro_params": params}, indent=2, default=str))
+    settings_file.write_text(json.dumps({"args": vars(args), "kedro_params": params}, indent=2, default=str))
+    timings_file = out / "timings.json"
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
 
-    timings: dict[str, float] = {}
-    if args.reuse_synthetic:
-        missing = [d for d in ("data/06_models/generator", "data/07_model_output/filtered_manifest.parquet")
-                   if not (workspace / d).exists()]
-        if missing:
-            raise SystemExit(f"--reuse-synthetic: {workspace} has no {', '.join(missing)}; run without it first")
-        log.info("reusing the generator and synthetic data in %s", workspace)
-    else:
-        timings["synthesize"] = run_pipelines(workspace, params, ["synthesize"])
-        log.info("synthesize took %.0f s", timings["synthesize"])
+    generative = [v for v in args.variants if v != "real"]
+    if "synthesize" in args.phases:  # real only needs the tiles alone
+        pipelines = ["synthesize"] if generative else ["ingest"]
+        timings[pipelines[0]] = timings.get(pipelines[0], 0.0) + run_pipelines(workspace, params, pipelines)
 
+    from tisynth.io import TileSet
     from tisynth.segmentation.experiment import AUGMENTED, BASELINE, run_comparison
     from tisynth.segmentation.pairs import Pair, pairs_from_manifest, synthetic_pairs_from_manifest
 
     with session(workspace, params) as s:
-        catalog = s.load_context().catalog
+        ctx = s.load_context()
+        catalog, ctx_params = ctx.catalog, ctx.params
         registry = catalog.load("class_registry")
         tiles, manifest = catalog.load("tiles"), catalog.load("tile_manifest")
         target_tiles, target_manifest = catalog.load("target_tiles"), catalog.load("target_manifest")
-        syn_images, syn_manifest = catalog.load("synthetic_images"), catalog.load("synthetic_manifest")
-        filtered, filtered_manifest = catalog.load("filtered_synthetic"), catalog.load("filtered_manifest")
-        real_segmenter = catalog.load("real_segmenter")
-        synthetic_sets: dict[str, list[Pair]] = {
-            "tisynth": synthetic_pairs_from_manifest(filtered_manifest, syn_images, filtered),
-            "tisynth_unfiltered": [Pair(str(syn_images.path(i)), str(tiles.path(m)))
-                                   for i, m in zip(syn_manifest["image"], syn_manifest["mask"])],
-        }
-        if "controlnet" in args.variants:
+        synthetic_sets: dict[str, list[Pair]] = {}
+        generators: dict[str, tuple[TileSet, pd.DataFrame]] = {}
+        if set(generative) & {"tisynth", "tisynth_unfiltered"}:
+            syn_images, syn_manifest = catalog.load("synthetic_images"), catalog.load("synthetic_manifest")
+            filtered, filtered_manifest = catalog.load("filtered_synthetic"), catalog.load("filtered_manifest")
+            synthetic_sets["tisynth"] = synthetic_pairs_from_manifest(filtered_manifest, syn_images, filtered)
+            synthetic_sets["tisynth_unfiltered"] = [Pair(str(syn_images.path(i)), str(tiles.path(m)))
+                                                    for i, m in zip(syn_manifest["image"], syn_manifest["mask"])]
+            generators["tisynth"] = (syn_images, syn_manifest)
+        mask_only_folder = workspace / "data" / "07_model_output" / "ablation_mask_only"
+        if "maskonly" in args.variants and ("maskonly" in args.phases or (mask_only_folder / "filtered").is_dir()):
             t0 = time.time()
-            kept = sample_and_filter_controlnet(catalog, out / "work", params, registry)
-            timings["controlnet_sample_filter"] = time.time() - t0
-            from tisynth.io import TileSet
-
-            synthetic_sets["controlnet"] = synthetic_pairs_from_manifest(
-                kept, TileSet(out / "work" / "synthetic_controlnet"), TileSet(out / "work" / "filtered_controlnet"))
-
-        # image-quality proxy: the real-only segmenter on synthetic images vs their masks
+            kept = mask_only_set(catalog, ctx_params, mask_only_folder)
+            if "maskonly" in args.phases:
+                timings["maskonly"] = timings.get("maskonly", 0.0) + time.time() - t0
+            synthetic_sets["maskonly"] = synthetic_pairs_from_manifest(
+                kept, TileSet(mask_only_folder / "synthetic"), TileSet(mask_only_folder / "filtered"))
+            generators["maskonly"] = (TileSet(mask_only_folder / "synthetic"), kept)
         k = registry.num_classes
-        proxy = {"real val tiles": quality_proxy(real_segmenter, [
-            (tiles.read_image(i), tiles.read_mask(m)) for i, m in
-            zip(*manifest.loc[manifest["split"] == "val", ["image", "mask"]].T.values)], k)}
-        sub = syn_manifest.head(300)
-        proxy["TISynth synthetic"] = quality_proxy(real_segmenter, [
-            (syn_images.read_image(i), tiles.read_mask(m)) for i, m in zip(sub["image"], sub["mask"])], k)
-        if "controlnet" in synthetic_sets:
-            cn_root = out / "work" / "synthetic_controlnet"
-            from tisynth.io import read_image
-
-            proxy["ControlNet-only synthetic"] = quality_proxy(real_segmenter, [
-                (read_image(cn_root / "images" / f"{n}.png"), tiles.read_mask(m))
-                for n, m in zip(sub["name"], sub["mask"])], k)
-        # style proxy: colour-histogram distance of synthetic images to the Ref domain and to the source
-        ref_root = target_tiles if len(target_manifest) else tiles
-        ref_imgs = [ref_root.read_image(r) for r in syn_manifest["ref"].drop_duplicates().head(200)]
-        src_imgs = [tiles.read_image(i) for i in manifest.loc[manifest["split"] == "train", "image"].head(200)]
-        syn_imgs = [syn_images.read_image(i) for i in sub["image"].head(200)]
-        style = {"synthetic vs Ref domain": style_distance(syn_imgs, ref_imgs),
-                 "synthetic vs source train": style_distance(syn_imgs, src_imgs),
-                 "Ref domain vs source train": style_distance(ref_imgs, src_imgs)}
-
         train = pairs_from_manifest(manifest, tiles, "train")
         val = pairs_from_manifest(manifest, tiles, "val")
         eval_sets = {"test": pairs_from_manifest(manifest, tiles, "test")}
         if len(target_manifest) and target_manifest["mask"].notna().any():
-            eval_sets["target"] = pairs_from_manifest(target_manifest, target_tiles, "test")
-        seg_params = s.load_context().params["segmenter"]
-        work_root = workspace / "data" / "06_models" / "segmentation_work"
+            eval_sets["target test"] = pairs_from_manifest(target_manifest, target_tiles, "test")
+        seg_params = ctx_params["segmenter"]
+        work_root = workspace / ctx_params["segmenter_work_root"]
+        mix = ctx_params["segment"]["mix"]
         rows = []
+        first_real = None
         t0 = time.time()
-        baseline = run_comparison(seg_params, registry, train, val, [], eval_sets, work_root, None, args.seeds,
-                                  variants=(BASELINE,), track=False)
-        rows.append(baseline.results.assign(variant="real"))
-        for name in [v for v in args.variants if v != "real"]:
-            res = run_comparison(seg_params, registry, train, val, synthetic_sets[name], eval_sets, work_root,
-                                 {"mode": "equal_budget"}, args.seeds, variants=(AUGMENTED,), track=False)
+        todo = [v for v in args.variants if v in synthetic_sets or v == "real"]
+        if "segment" not in args.phases and "report" not in args.phases:
+            todo = []
+        for name in todo:
+            synthetic = synthetic_sets.get(name, [])
+            res = run_comparison(seg_params, registry, train, val, synthetic, eval_sets, work_root,
+                                 mix if name != "real" else None, args.seeds,
+                                 variants=(BASELINE,) if name == "real" else (AUGMENTED,), track=False,
+                                 train_missing="segment" in args.phases)
+            if res.results.empty:
+                continue
             rows.append(res.results.assign(variant=name))
-        timings["segmentation"] = time.time() - t0
+            if name == "real" and res.segmenters:
+                first_real = res.segmenters[BASELINE]
+        if "segment" in args.phases:
+            timings["segment"] = timings.get("segment", 0.0) + time.time() - t0
+        timings_file.write_text(json.dumps(timings, indent=2))
+        if "report" not in args.phases or not rows:
+            return 0
+
+        # what the synthetic sets are: the real-only segmenter's reading of them, and their size
+        # the reading uses the first seed's real-only segmenter (the filter's own when that seed is 0)
+        real_segmenter = first_real if first_real is not None else catalog.load("real_segmenter")
+        extras = ["## The synthetic sets", "",
+                  f"Real training tiles with masks: {len(train)}; val {len(val)}; "
+                  + ", ".join(f"{n} {len(v)}" for n, v in eval_sets.items()), "",
+                  "| set | pairs used | read by the real-only segmenter: mIoU | OA | main class |", "|---|---|---|---|---|"]
+        val_rows = manifest[(manifest["split"] == "val") & manifest["mask"].notna()].head(args.reading_items)
+        r = reading(real_segmenter, [tiles.read_image(i) for i in val_rows["image"]],
+                    [tiles.read_mask(m) for m in val_rows["mask"]], k)
+        extras.append(f"| real val tiles ({len(val_rows)}) | – | {_pct(r['mIoU'])} | {_pct(r['OA'])} | {_pct(r['dominant_acc'])} |")
+        for name, (images_set, made) in generators.items():
+            sub = made.head(args.reading_items)  # every image made, before filtering, against its own mask
+            r = reading(real_segmenter, [images_set.read_image(i) for i in sub["image"]],
+                        [tiles.read_mask(m) for m in sub["mask"]], k)
+            extras.append(f"| images of {name} ({len(sub)} of {len(made)}) | {len(synthetic_sets[name])} kept | "
+                          f"{_pct(r['mIoU'])} | {_pct(r['OA'])} | {_pct(r['dominant_acc'])} |")
+        extras += ["", "Timings (min): " + ", ".join(f"{n} {v / 60:.1f}" for n, v in timings.items()), ""]
 
     results = pd.concat(rows, ignore_index=True)
     results.to_csv(out / "results_long.csv", index=False)
-    counts = {n: len(v) for n, v in synthetic_sets.items()}
-    write_summary(out, results, proxy, style, counts, timings, len(train), args)
+    gains = gains_table(results)
+    gains.to_csv(out / "gains.csv", index=False)
+    text = summary_markdown(results, gains, extras)
+    (out / "summary.md").write_text(text)
+    plot_gains(gains, out / "gains_miou.png")
+    print(text)
     log.info("results in %s", out)
     return 0
-
-
-def write_summary(out: Path, results: pd.DataFrame, proxy: dict[str, dict[str, float]], style: dict[str, float],
-                  counts: dict[str, int], timings: dict[str, float], n_train: int, args: argparse.Namespace) -> None:
-    from tisynth.plots import plt
-
-    main_metrics = results[results["metric"].isin(["OA", "mIoU", "mAcc"])]
-    table = (main_metrics.groupby(["eval_set", "variant", "metric"])["value"]
-             .agg(["mean", "std", "count"]).reset_index())
-    table.to_csv(out / "summary.csv", index=False)
-    lines = ["# Results", ""]
-    for eval_set in table["eval_set"].unique():
-        lines += [f"## {eval_set} (mean ± std over {int(table['count'].max())} seeds, percent)", "",
-                  "| variant | OA | mIoU | mAcc |", "|---|---|---|---|"]
-        part = table[table["eval_set"] == eval_set]
-        base = part[part["variant"] == "real"].set_index("metric")["mean"]
-        for variant in [v for v in VARIANTS if v in set(part["variant"])]:
-            row = part[part["variant"] == variant].set_index("metric")
-            cells = []
-            for metric in ("OA", "mIoU", "mAcc"):
-                mean, std = 100 * row.loc[metric, "mean"], 100 * row.loc[metric, "std"]
-                gain = "" if variant == "real" else f" ({100 * (row.loc[metric, 'mean'] - base[metric]):+.2f})"
-                cells.append(f"{mean:.2f} ± {std:.2f}{gain}")
-            lines.append(f"| {VARIANTS[variant]} | " + " | ".join(cells) + " |")
-        lines.append("")
-        per_class = results[(results["eval_set"] == eval_set) & (results["metric"] == "IoU")]
-        if len(per_class):
-            pc = per_class.groupby(["class", "variant"])["value"].mean().unstack("variant") * 100
-            lines += ["Per-class IoU (mean over seeds):", "", "| class | " + " | ".join(pc.columns) + " |",
-                      "|---" * (len(pc.columns) + 1) + "|"]
-            for cls, r in pc.iterrows():
-                lines.append(f"| {cls} | " + " | ".join(f"{v:.2f}" for v in r.values) + " |")
-            lines.append("")
-            fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
-            pc.plot.bar(ax=ax)
-            ax.set_ylabel("IoU (%)")
-            ax.set_title(f"per-class IoU on {eval_set}")
-            fig.savefig(out / f"per_class_iou_{eval_set}.png", dpi=110)
-            plt.close(fig)
-    lines += ["## Image-quality proxy (real-only segmenter on images vs their masks, percent)", "",
-              "| images | OA | mIoU | mAcc |", "|---|---|---|---|"]
-    for name, m in proxy.items():
-        lines.append(f"| {name} | {100 * m['OA']:.2f} | {100 * m['mIoU']:.2f} | {100 * m['mAcc']:.2f} |")
-    lines += ["", "## Style proxy (colour-histogram total variation, 0 = same colours)", ""]
-    lines += [f"- {k}: {v:.3f}" for k, v in style.items()]
-    lines += ["", f"Real training tiles: {n_train}; synthetic pairs used: "
-              + ", ".join(f"{k} {v}" for k, v in counts.items()), "",
-              "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
-    (out / "summary.md").write_text("\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -27,20 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from experiment import prepare_workspace, session  # noqa: E402
-
-
-def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
-    node = params
-    *parents, last = key.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[last] = value
+from experiment import base_params, prepare_workspace, session  # noqa: E402
 
 
 class _Timer:
@@ -73,12 +64,7 @@ def main() -> int:
     out = workspace / "results"
     prepare_workspace(workspace)
     out.mkdir(parents=True, exist_ok=True)
-    params: dict[str, Any] = {"dataset": {"root": str(Path(args.data).resolve())}, "generator": {"preset": "small"}}
-    if args.taef2:
-        params["generator"]["autoencoder"] = {"type": "taef2", "weights_dir": str(Path(args.taef2).resolve()), "scale": 1.25}
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        set_dotted(params, key, yaml.safe_load(value))
+    params = base_params(args.data, args.taef2, args.overrides)
     (out / "params.json").write_text(json.dumps({"args": vars(args), "kedro_params": params}, indent=2, default=str))
 
     from kedro.framework.hooks import hook_impl
