@@ -75,6 +75,11 @@ def weights_digest(weights: torch.nn.Module | Mapping[str, torch.Tensor], extra:
     return h.hexdigest()[:length]
 
 
+def done_file(root: str | Path, name: str = "done") -> Path:
+    """The completion marker ``<name>.json`` of the run folder ``root`` (see :meth:`RunFolder.mark_done`)."""
+    return Path(root) / f"{name}.json"
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """An opened run folder: ``root`` holds the output of the run described by ``fingerprint``."""
@@ -143,7 +148,7 @@ class RunFolder:
         return cls(root, fingerprint, resumed=False, superseded=aside)
 
     def done_path(self, name: str = "done") -> Path:
-        return self.root / f"{name}.json"
+        return done_file(self.root, name)
 
     def mark_done(self, payload: Mapping[str, Any] | None = None, name: str = "done") -> Path:
         """Write the completion marker ``<name>.json`` atomically (last step of the work)."""

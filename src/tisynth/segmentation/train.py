@@ -31,7 +31,7 @@ import torch
 
 from tisynth.classes import ClassRegistry
 from tisynth.io import DataError
-from tisynth.runs import RunFolder, RunFolderError
+from tisynth.runs import RunFolder, RunFolderError, done_file
 from tisynth.segmentation.config import (
     ConfigError,
     MixConfig,
@@ -245,7 +245,7 @@ def train_segmenter(
 
 def segmenter_finished(work_dir: str | Path) -> bool:
     """Whether the training job of ``work_dir`` (a :func:`work_dir_for` folder) has finished."""
-    return (Path(work_dir) / "done.json").is_file()
+    return done_file(work_dir).is_file()
 
 
 def work_dir_for(root: str | Path, name: str, config: SegmenterConfig, registry: ClassRegistry,
