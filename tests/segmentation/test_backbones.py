@@ -151,3 +151,30 @@ def test_efficientnet_lite_fine_tunes_on_toy_data(toy_tiles, registry, tmp_path)
     m = seg.evaluate(manifest_pairs(tiles.root, manifest, "test"))
     assert np.isfinite([m.miou, m.oa]).all() and 0.0 <= m.miou <= 1.0, m
     assert seg.config.data.mean == (127.0, 127.0, 127.0)  # training and inference share the normalisation
+
+
+def test_backbone_lr_mult_slows_only_the_encoder(registry, tmp_path):
+    from mmengine.optim import build_optim_wrapper
+
+    from tisynth.segmentation.config import build_runner_config
+
+    params = {"model": {"type": "efficientnet_lite", "variant": "lite0", "head_channels": 32},
+              "optimizer": {"lr": 0.002, "backbone_lr_mult": 0.1}}
+    cfg = SegmenterConfig.from_params(params)
+    model = build_model(build_model_config(cfg, registry))
+    runner = build_runner_config(cfg, registry, str(tmp_path), "r.json", None)
+    wrapper = build_optim_wrapper(model, runner["optim_wrapper"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = {"backbone": set(), "decode_head": set()}
+    for group in wrapper.optimizer.param_groups:
+        for p in group["params"]:
+            part = names[id(p)].split(".")[0]
+            seen[part].add(round(group["lr"], 8))
+    assert seen == {"backbone": {0.0002}, "decode_head": {0.002}}
+    # the default (1.0) adds no parameter-wise rule and leaves the fingerprint of older jobs as it was
+    plain = SegmenterConfig.from_params({k: v for k, v in params.items() if k != "optimizer"})
+    assert "paramwise_cfg" not in build_runner_config(plain, registry, str(tmp_path), "r.json", None)["optim_wrapper"]
+    assert "backbone_lr_mult" not in plain.to_dict()["optimizer"]
+    assert cfg.to_dict()["optimizer"]["backbone_lr_mult"] == 0.1
+    with pytest.raises(Exception, match=r"segmenter\.optimizer\.backbone_lr_mult"):
+        SegmenterConfig.from_params({"optimizer": {"backbone_lr_mult": 0}})

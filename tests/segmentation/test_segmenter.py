@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tisynth.io import DataError, read_image
 from tisynth.segmentation.config import ConfigError, SegmenterConfig, build_model_config
@@ -120,3 +121,30 @@ def test_comparison_report_pass_loads_finished_segmenters_and_trains_none(toy_ti
     assert set(report.results["seed"]) == {0}
     assert sorted(p.name for p in tmp_path.iterdir()) == folders
     pd.testing.assert_frame_equal(report.results, first.results)
+
+
+def test_ema_weights_are_the_ones_validated_and_kept(toy_tiles, registry, tmp_path):
+    from tisynth.segmentation.checkpoint import load_checkpoint_file
+
+    tiles, manifest = toy_tiles
+    train = manifest_pairs(tiles.root, manifest, "train")
+    val = manifest_pairs(tiles.root, manifest, "val")
+    short = {"iterations": 12, "val_interval": 6, "checkpoint_interval": 6, "log_interval": 6}
+    plain = train_segmenter(tiny_config(train=short), registry, train, val, tmp_path / "plain", label="plain")
+    ema = train_segmenter(tiny_config(train={**short, "ema_momentum": 0.2}), registry, train, val,
+                          tmp_path / "ema", label="ema")
+    assert plain.training_info["fingerprint"] != ema.training_info["fingerprint"]
+    last = load_checkpoint_file(str(tmp_path / "ema" / "iter_12.pth"), map_location="cpu")
+    raw = {k[len("module."):]: v for k, v in last["ema_state_dict"].items() if k.startswith("module.")}
+    plain_last = load_checkpoint_file(str(tmp_path / "plain" / "iter_12.pth"), map_location="cpu")["state_dict"]
+    # the average does not change training: the EMA run's own weights are the plain run's
+    for k, v in plain_last.items():
+        torch.testing.assert_close(raw[k], v)
+    # the checkpoint's model weights are the average, and they differ from the trained weights
+    differs = [k for k, v in last["state_dict"].items() if v.is_floating_point() and not torch.equal(v, raw[k])]
+    assert differs
+    # the kept model is the average of the selected checkpoint, not the raw weights
+    kept = ema.model.state_dict()
+    chosen = load_checkpoint_file(ema.training_info["checkpoint"], map_location="cpu")["state_dict"]
+    for k, v in chosen.items():
+        torch.testing.assert_close(kept[k].cpu(), v)

@@ -59,7 +59,8 @@ EFFICIENTNET_LITE_CHANNELS = {"lite0": (24, 40, 112, 320), "lite2": (24, 48, 120
 # Keys added to the parameter blocks after work folders were first fingerprinted: to_dict()
 # leaves them out while they hold their default, so existing jobs keep their fingerprints
 # (and work-folder names).
-LATE_KEYS: dict[str, dict[str, Any]] = {"model": {"variant": "lite0"}}
+LATE_KEYS: dict[str, dict[str, Any]] = {"model": {"variant": "lite0"}, "train": {"ema_momentum": None},
+                                        "optimizer": {"backbone_lr_mult": 1.0}}
 
 
 class ConfigError(TisynthError, ValueError):
@@ -188,6 +189,9 @@ class TrainConfig:
         seed: seeds weights init, sampling and augmentation.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         num_threads: torch CPU threads for this job, or null to leave torch's setting.
+        ema_momentum: keep an exponential moving average of the weights (``avg = (1 - m) * avg +
+            m * weights`` after every step, buffers copied); validation, checkpoint selection and
+            the saved model use the average. Null = off; 0.01 averages over about 100 steps.
     """
 
     iterations: int = 400
@@ -200,8 +204,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_threads: int | None = None
+    ema_momentum: float | None = None
 
     def __post_init__(self) -> None:
+        if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
+            raise ConfigError(f"segmenter.train.ema_momentum: must be in (0, 1) or null, got {self.ema_momentum}")
         for name in ("iterations", "val_interval", "checkpoint_interval", "batch_size", "val_batch_size", "log_interval"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"segmenter.train.{name}: must be >= 1, got {getattr(self, name)}")
@@ -225,6 +232,9 @@ class OptimizerConfig:
         eta_min: final learning rate of ``poly`` and ``cosine``.
         warmup_iters: linear warm-up iterations (0 = none).
         clip_grad: max gradient norm, or null.
+        backbone_lr_mult: the encoder's (``backbone``) learning rate as a multiple of ``lr``;
+            below 1 a pretrained encoder is fine-tuned gently while the decode head learns at
+            ``lr`` (1 = one rate for every parameter).
     """
 
     type: str = "AdamW"
@@ -236,6 +246,7 @@ class OptimizerConfig:
     eta_min: float = 1e-5
     warmup_iters: int = 0
     clip_grad: float | None = None
+    backbone_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
         if self.type not in OPTIMIZERS:
@@ -246,6 +257,8 @@ class OptimizerConfig:
             raise ConfigError(f"segmenter.optimizer.lr: must be > 0, got {self.lr}")
         if self.warmup_iters < 0:
             raise ConfigError(f"segmenter.optimizer.warmup_iters: must be >= 0, got {self.warmup_iters}")
+        if not 0 < self.backbone_lr_mult <= 1e3:
+            raise ConfigError(f"segmenter.optimizer.backbone_lr_mult: must be in (0, 1000], got {self.backbone_lr_mult}")
 
 
 @dataclass(frozen=True)
@@ -752,6 +765,8 @@ def _optimizer(opt: OptimizerConfig) -> dict[str, Any]:
     wrapper: dict[str, Any] = {"type": "OptimWrapper", "optimizer": optimizer}
     if opt.clip_grad:
         wrapper["clip_grad"] = {"max_norm": float(opt.clip_grad), "norm_type": 2}
+    if opt.backbone_lr_mult != 1.0:
+        wrapper["paramwise_cfg"] = {"custom_keys": {"backbone": {"lr_mult": float(opt.backbone_lr_mult)}}}
     return wrapper
 
 
@@ -803,7 +818,9 @@ def build_runner_config(
             "checkpoint": checkpoint,
             "sampler_seed": {"type": "DistSamplerSeedHook"},
         },
-        "custom_hooks": [{"type": "TisynthProgressHook", "interval": t.log_interval, "label": run_label}],
+        "custom_hooks": [{"type": "TisynthProgressHook", "interval": t.log_interval, "label": run_label}]
+        + ([{"type": "EMAHook", "ema_type": "ExponentialMovingAverage", "momentum": float(t.ema_momentum),
+             "update_buffers": False, "priority": 49}] if t.ema_momentum else []),
         "env_cfg": {"cudnn_benchmark": False, "mp_cfg": {"mp_start_method": "fork", "opencv_num_threads": 0},
                     "dist_cfg": {"backend": "nccl"}},
         "log_processor": {"by_epoch": False},
