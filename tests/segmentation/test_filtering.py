@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -120,7 +121,12 @@ def test_filter_and_resample_drivers(tmp_path, trained, toy_tiles, registry):
     # resumable: a second run writes nothing; a removed file is redone
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 0, "skipped": 6}
     (out / items[0].filtered_mask).unlink()
+    # a run killed inside an atomic write left its hidden temporary file; the rerun removes it
+    stale = (out / items[0].filtered_mask).with_name(f".{Path(items[0].filtered_mask).stem}.0badc0de.tmp.png")
+    stale.write_bytes(b"")
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 1, "skipped": 5}
+    assert not stale.exists()
+    assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(Path(it.filtered_mask).name for it in items)
     # other settings: every mask is redone, and the earlier masks are kept aside, byte for byte
     before = {p.name: p.read_bytes() for p in (out / "masks").iterdir()}
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=3.0)["written"] == 6
