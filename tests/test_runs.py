@@ -103,3 +103,21 @@ def test_hashers_are_stable_and_sensitive():
     with torch.no_grad():
         net.bias[0] += 1e-3
     assert weights_digest(net) != d
+
+
+def test_resuming_removes_temporaries_of_interrupted_writes_and_nothing_else(tmp_path):
+    root = tmp_path / "run"
+    RunFolder.open(root, "v1", entries=["out"])
+    _fill(root)
+    # a run killed inside atomic writes leaves hidden temporaries: in its output and of its manifest
+    (root / "out" / "deep").mkdir()
+    left = [root / "out" / ".a.0badc0de.tmp.png", root / "out" / "deep" / ".c.12345678.tmp.npy",
+            root / ".run.0badc0de.tmp.json"]
+    kept = [root / "out" / "notes.tmp.txt", root / ".other.0badc0de.tmp.png"]  # not hidden / not ours
+    for p in left + kept:
+        p.write_bytes(b"partial")
+    again = RunFolder.open(root, "v1", entries=["out"])
+    assert again.resumed
+    assert [p for p in left if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    assert sorted(p.name for p in (root / "out").iterdir()) == ["a.png", "b.png", "deep", "notes.tmp.txt"]

@@ -35,7 +35,7 @@ import pandas as pd
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry, RegistryError
 from tisynth.errors import TisynthError
-from tisynth.io import TileSet, clean_stale_temporaries, read_image, write_image
+from tisynth.io import TileSet, read_image, write_image
 from tisynth.runs import RunFolder, weights_digest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -342,8 +342,6 @@ def filter_synthetic_set(
     # masks of other settings (or of unknown origin) are set aside before the new manifest is
     # written, so an interruption can never leave stale masks to be skipped
     RunFolder.open(out_root, fp, entries=[FILTERED_MASK_DIR], legacy_manifest=LEGACY_FINGERPRINT_FILE)
-    # a run killed inside an atomic write leaves its hidden temporary file: not a mask, remove it
-    clean_stale_temporaries(out_root / FILTERED_MASK_DIR)
     todo = [it for it in items if not (out_root / it.filtered_mask).is_file()]
     skipped = len(items) - len(todo)
     bs = batch_size or segmenter.config.inference.batch_size

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import shutil
@@ -102,12 +103,20 @@ def staged_directory(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old)
 
 
+TEMPORARY_PATTERN = ".*.tmp*"
+
+
+def is_temporary(path: str | Path) -> bool:
+    """Whether ``path`` is named like a hidden write-then-rename temporary (``.<name>.tmp*``, :func:`atomic_path`)."""
+    return fnmatch.fnmatchcase(Path(path).name, TEMPORARY_PATTERN)
+
+
 def clean_stale_temporaries(folder: str | Path) -> int:
-    """Remove temporary files left by an interrupted atomic write; return how many."""
+    """Remove temporary files left by an interrupted atomic write under ``folder``; return how many."""
     n = 0
     folder = Path(folder)
     if folder.is_dir():
-        for p in folder.rglob(".*.tmp*"):
+        for p in folder.rglob(TEMPORARY_PATTERN):
             if p.is_file():
                 p.unlink()
                 n += 1

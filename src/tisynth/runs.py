@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from tisynth.errors import TisynthError
-from tisynth.io import write_json_atomic
+from tisynth.io import clean_stale_temporaries, is_temporary, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class RunFolder:
         if old is not None and old.get("fingerprint") == fingerprint:
             if not manifest.is_file():
                 write_json_atomic(manifest, record)
+            _remove_temporaries(root, entries)
             return cls(root, fingerprint, resumed=True)
 
         owned = _owned_entries(root, entries)
@@ -182,6 +183,19 @@ def _owned_entries(root: Path, entries: Iterable[str] | None) -> list[Path]:
     else:
         found = [root / e for e in entries if (root / e).exists() or (root / e).is_symlink()]
     return sorted(p for p in found if not (p.is_dir() and not any(p.iterdir())))
+
+
+def _remove_temporaries(root: Path, entries: Iterable[str] | None) -> None:
+    """On resume: a run killed inside an atomic write left its hidden temporary file; not output, remove it."""
+    n = 0
+    for path in [*_owned_entries(root, entries), *root.glob(f".{Path(MANIFEST).stem}.*")]:
+        if path.is_dir() and not path.is_symlink():
+            n += clean_stale_temporaries(path)
+        elif path.is_file() and is_temporary(path):
+            path.unlink()
+            n += 1
+    if n:
+        log.info("%s: removed %d temporary file(s) left by an interrupted write", root, n)
 
 
 def _set_aside(root: Path, owned: list[Path], old: dict[str, Any] | None) -> Path:
