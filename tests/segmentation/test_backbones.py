@@ -178,3 +178,23 @@ def test_backbone_lr_mult_slows_only_the_encoder(registry, tmp_path):
     assert cfg.to_dict()["optimizer"]["backbone_lr_mult"] == 0.1
     with pytest.raises(Exception, match=r"segmenter\.optimizer\.backbone_lr_mult"):
         SegmenterConfig.from_params({"optimizer": {"backbone_lr_mult": 0}})
+
+
+def test_backbone_lr_mult_per_encoder_start_resolves_by_model():
+    per_start = {"pretrained": 0.1, "scratch": 1.0}
+    lite = SegmenterConfig.from_params({"model": {"type": "efficientnet_lite"},
+                                        "optimizer": {"backbone_lr_mult": per_start}})
+    assert lite.optimizer.backbone_lr_mult == 0.1
+    # the same job as the explicit number: same fingerprint
+    explicit = SegmenterConfig.from_params({"model": {"type": "efficientnet_lite"}, "optimizer": {"backbone_lr_mult": 0.1}})
+    assert lite.to_dict() == explicit.to_dict()
+    scratch = SegmenterConfig.from_params({"model": {"type": "segformer"}, "optimizer": {"backbone_lr_mult": per_start}})
+    assert scratch.optimizer.backbone_lr_mult == 1.0 and "backbone_lr_mult" not in scratch.to_dict()["optimizer"]
+    given = SegmenterConfig.from_params({"model": {"type": "segformer", "pretrained": "enc.pth"},
+                                         "optimizer": {"backbone_lr_mult": per_start}})
+    assert given.optimizer.backbone_lr_mult == 0.1
+    assert SegmenterConfig.from_params(scratch.to_dict()) == scratch  # round trip
+    with pytest.raises(Exception, match=r"backbone_lr_mult: a mapping needs exactly the keys.*\['pretrained'\]"):
+        SegmenterConfig.from_params({"optimizer": {"backbone_lr_mult": {"pretrained": 0.1}}})
+    with pytest.raises(Exception, match=r"backbone_lr_mult\.scratch: must be a number"):
+        SegmenterConfig.from_params({"optimizer": {"backbone_lr_mult": {"pretrained": 0.1, "scratch": "fast"}}})

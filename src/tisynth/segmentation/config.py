@@ -59,6 +59,7 @@ EFFICIENTNET_LITE_CHANNELS = {"lite0": (24, 40, 112, 320), "lite2": (24, 48, 120
 # Keys added to the parameter blocks after work folders were first fingerprinted: to_dict()
 # leaves them out while they hold their default, so existing jobs keep their fingerprints
 # (and work-folder names).
+BACKBONE_STARTS = ("pretrained", "scratch")  # the keys of a per-start optimizer.backbone_lr_mult
 LATE_KEYS: dict[str, dict[str, Any]] = {"model": {"variant": "lite0"}, "train": {"ema_momentum": None},
                                         "optimizer": {"backbone_lr_mult": 1.0}}
 
@@ -234,7 +235,10 @@ class OptimizerConfig:
         clip_grad: max gradient norm, or null.
         backbone_lr_mult: the encoder's (``backbone``) learning rate as a multiple of ``lr``;
             below 1 a pretrained encoder is fine-tuned gently while the decode head learns at
-            ``lr`` (1 = one rate for every parameter).
+            ``lr`` (1 = one rate for every parameter). A number applies to every model; a
+            mapping ``{pretrained: x, scratch: y}`` picks by where the encoder starts:
+            ``pretrained`` for ``efficientnet_lite`` or any model with ``model.pretrained``,
+            ``scratch`` otherwise (resolved to a number by :class:`SegmenterConfig`).
     """
 
     type: str = "AdamW"
@@ -246,7 +250,7 @@ class OptimizerConfig:
     eta_min: float = 1e-5
     warmup_iters: int = 0
     clip_grad: float | None = None
-    backbone_lr_mult: float = 1.0
+    backbone_lr_mult: float | Mapping[str, float] = 1.0
 
     def __post_init__(self) -> None:
         if self.type not in OPTIMIZERS:
@@ -257,8 +261,18 @@ class OptimizerConfig:
             raise ConfigError(f"segmenter.optimizer.lr: must be > 0, got {self.lr}")
         if self.warmup_iters < 0:
             raise ConfigError(f"segmenter.optimizer.warmup_iters: must be >= 0, got {self.warmup_iters}")
-        if not 0 < self.backbone_lr_mult <= 1e3:
-            raise ConfigError(f"segmenter.optimizer.backbone_lr_mult: must be in (0, 1000], got {self.backbone_lr_mult}")
+        mults = self.backbone_lr_mult
+        if isinstance(mults, Mapping):
+            if set(mults) != set(BACKBONE_STARTS):
+                raise ConfigError(f"segmenter.optimizer.backbone_lr_mult: a mapping needs exactly the keys "
+                                  f"{list(BACKBONE_STARTS)} (the multiple for a pretrained encoder and for one "
+                                  f"trained from scratch), got {sorted(mults)}")
+            items = [(f"backbone_lr_mult.{k}", v) for k, v in mults.items()]
+        else:
+            items = [("backbone_lr_mult", mults)]
+        for where, value in items:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1e3:
+                raise ConfigError(f"segmenter.optimizer.{where}: must be a number in (0, 1000], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -282,6 +296,12 @@ class InferenceConfig:
             raise ConfigError(f"segmenter.inference.mode: {self.mode!r}; use whole or slide")
         if self.batch_size < 1:
             raise ConfigError(f"segmenter.inference.batch_size: must be >= 1, got {self.batch_size}")
+
+
+def encoder_is_pretrained(model: ModelConfig) -> bool:
+    """Whether the encoder starts from pretrained weights: ``efficientnet_lite`` (the packaged
+    ImageNet weights, or ``model.pretrained``) or any model type given ``model.pretrained``."""
+    return model.type == "efficientnet_lite" or bool(model.pretrained)
 
 
 def _efficientnet_lite_data(model: ModelConfig, data: DataConfig) -> DataConfig:
@@ -323,6 +343,10 @@ class SegmenterConfig:
     def __post_init__(self) -> None:
         if self.model.type == "efficientnet_lite":
             object.__setattr__(self, "data", _efficientnet_lite_data(self.model, self.data))
+        mults = self.optimizer.backbone_lr_mult
+        if isinstance(mults, Mapping):
+            start = "pretrained" if encoder_is_pretrained(self.model) else "scratch"
+            object.__setattr__(self, "optimizer", replace(self.optimizer, backbone_lr_mult=float(mults[start])))
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | SegmenterConfig | None) -> SegmenterConfig:
