@@ -7,6 +7,9 @@ variant over (a) with its mean and 95 % paired-t interval.
 
     python benchmarks/plot_seed_spread.py --run "lr 1e-3=<ws1>/results/results_long.csv" \\
         --run "encoder lr x0.1 + EMA=<ws2>/results/results_long.csv" --out docs/figures/spread.png
+
+A run may name its own evaluation set after ``@`` (``--run "shift=<ws3>/results/results_long.csv@target test"``);
+the others use ``--eval-set``.
 """
 
 from __future__ import annotations
@@ -31,11 +34,23 @@ def per_seed(path: Path, metric: str, eval_set: str) -> pd.DataFrame:
     return rows.pivot_table(index="variant", columns="seed", values="value") * 100
 
 
+def parse_run(item: str, default_eval_set: str) -> tuple[str, Path, str]:
+    """``LABEL=FILE`` or ``LABEL=FILE@EVAL_SET`` -> (label, file, eval set)."""
+    label, sep, file = item.partition("=")
+    if not sep or not label or not file:
+        raise SystemExit(f"--run {item!r}: expected LABEL=FILE or LABEL=FILE@EVAL_SET")
+    path, at, eval_set = file.rpartition("@")
+    if at and eval_set and not Path(file).is_file():
+        return label, Path(path), eval_set
+    return label, Path(file), default_eval_set
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", action="append", required=True, help="LABEL=path/to/results_long.csv (repeatable)")
+    p.add_argument("--run", action="append", required=True,
+                   help="LABEL=path/to/results_long.csv, optionally @EVAL_SET after it (repeatable)")
     p.add_argument("--metric", default="mIoU")
-    p.add_argument("--eval-set", default="test")
+    p.add_argument("--eval-set", default="test", help="the evaluation set of runs that name none")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -47,11 +62,13 @@ def main() -> int:
     from tisynth.segmentation.report import paired_interval
 
     runs = []
+    eval_sets = set()
     for item in args.run:
-        label, sep, file = item.partition("=")
-        if not sep or not label or not file:
-            raise SystemExit(f"--run {item!r}: expected LABEL=FILE")
-        runs.append((label, per_seed(Path(file), args.metric, args.eval_set)))
+        label, file, eval_set = parse_run(item, args.eval_set)
+        eval_sets.add(eval_set)
+        runs.append((label if eval_set == args.eval_set else f"{label} ({eval_set})",
+                     per_seed(file, args.metric, eval_set)))
+    axis_set = args.eval_set if eval_sets == {args.eval_set} else "evaluation-set"
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     for x, (label, table) in enumerate(runs):
@@ -63,7 +80,7 @@ def main() -> int:
         left.annotate(f"{vals.mean():.1f} ± {vals.std(ddof=1):.1f}", (x + 0.22, vals.mean()), fontsize=8, va="center")
     left.set_xticks(range(len(runs)), [textwrap.fill(label, 16) for label, _ in runs], fontsize=8)
     left.set_xlim(-0.5, len(runs) - 0.3)
-    left.set_ylabel(f"{args.eval_set} {args.metric} (%)")
+    left.set_ylabel(f"{axis_set} {args.metric} (%)")
     left.set_title("(a) real only, one dot per seed")
 
     ticks = []

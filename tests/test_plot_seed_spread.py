@@ -55,3 +55,18 @@ def test_figure_is_written(tmp_path):
     bad = subprocess.run([sys.executable, str(SCRIPT), "--run", str(one), "--out", str(out)],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "LABEL=FILE" in bad.stderr
+
+
+def test_a_run_may_name_its_own_eval_set(tmp_path):
+    mod = _module()
+    csv = _results(tmp_path / "r.csv", [0.8, 0.82], [0.78, 0.85])
+    assert mod.parse_run(f"shift={csv}@target test", "test") == ("shift", csv, "target test")
+    assert mod.parse_run(f"plain={csv}", "test") == ("plain", csv, "test")
+    odd = tmp_path / "a@b.csv"  # an existing file whose name holds '@' is read as it is
+    odd.write_text("")
+    assert mod.parse_run(f"odd={odd}", "val") == ("odd", odd, "val")
+    out = tmp_path / "mixed.png"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--run", f"in={csv}", "--run", f"shift={csv}@target test",
+                           "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
