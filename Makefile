@@ -22,6 +22,9 @@ synthesize: setup
 	$(BIN)/kedro run --pipeline=synthesize
 
 test: setup-dev
+	@# yapf (imported by mmengine) rewrites its grammar cache when the venv is newer than it and renames
+	@# the file before it is flushed, so test processes starting together can read it empty: warm it first
+	$(BIN)/python -c "import yapf"
 	$(BIN)/python -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadfile
 
 viz: setup
