@@ -56,10 +56,10 @@ EFFICIENTNET_LITE_STD = (128.0, 128.0, 128.0)
 # channels of the encoder's stride-4/8/16/32 outputs; the same numbers as
 # tisynth.segmentation.backbones.efficientnet_lite_out_channels (which imports mmseg; this module does not)
 EFFICIENTNET_LITE_CHANNELS = {"lite0": (24, 40, 112, 320), "lite2": (24, 48, 120, 352)}
+BACKBONE_STARTS = ("pretrained", "scratch")  # the keys of a per-start optimizer.backbone_lr_mult
 # Keys added to the parameter blocks after work folders were first fingerprinted: to_dict()
 # leaves them out while they hold their default, so existing jobs keep their fingerprints
 # (and work-folder names).
-BACKBONE_STARTS = ("pretrained", "scratch")  # the keys of a per-start optimizer.backbone_lr_mult
 LATE_KEYS: dict[str, dict[str, Any]] = {"model": {"variant": "lite0"}, "train": {"ema_momentum": None},
                                         "optimizer": {"backbone_lr_mult": 1.0}}
 
