@@ -24,6 +24,7 @@ resumes.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ import pandas as pd
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry, RegistryError
 from tisynth.errors import TisynthError
-from tisynth.io import TileSet, read_image, write_image
-from tisynth.runs import RunFolder, weights_digest
+from tisynth.io import TileSet, read_image, write_image, write_json_atomic
+from tisynth.runs import RunFolder, file_digest, weights_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from tisynth.segmentation.pairs import Pair
@@ -49,6 +50,7 @@ FREEMASK_EPS = 1e-5
 
 FILTERED_MASK_DIR = "masks"
 LEGACY_FINGERPRINT_FILE = "filter_fingerprint.json"  # the manifest name before run.json
+SOURCES_FILE = "sources.json"  # name -> digest of the image and source mask each filtered mask was made from
 
 
 class FilterError(TisynthError, ValueError):
@@ -328,9 +330,10 @@ def filter_synthetic_set(
     """Write ``out_root/masks/<name>.png`` (index space) for every item; resumable.
 
     Files that exist are skipped when ``out_root`` was filtered with the same segmenter,
-    reference losses and tolerance (its ``run.json``, :mod:`tisynth.runs`); otherwise the earlier
-    masks are moved, untouched, to ``out_root/superseded/`` and every mask is written anew.
-    Each file is written atomically.
+    reference losses and tolerance (its ``run.json``, :mod:`tisynth.runs`) and from the same
+    bytes of the item's image and mask (``out_root/sources.json``); otherwise the earlier masks
+    are moved, untouched, to ``out_root/superseded/`` (other settings) or rewritten (other
+    sources). Each file is written atomically.
 
     Returns:
         ``{"written": n, "skipped": m}``.
@@ -341,8 +344,17 @@ def filter_synthetic_set(
           "class_mean_loss": [round(float(v), 10) for v in mu]}
     # masks of other settings (or of unknown origin) are set aside before the new manifest is
     # written, so an interruption can never leave stale masks to be skipped
-    RunFolder.open(out_root, fp, entries=[FILTERED_MASK_DIR], legacy_manifest=LEGACY_FINGERPRINT_FILE)
-    todo = [it for it in items if not (out_root / it.filtered_mask).is_file()]
+    RunFolder.open(out_root, fp, entries=[FILTERED_MASK_DIR, SOURCES_FILE], legacy_manifest=LEGACY_FINGERPRINT_FILE)
+    # a mask is finished work only for the bytes it was made from: an image sampled anew under
+    # the same name (another generator, other sampler settings) is filtered again
+    sources_path = out_root / SOURCES_FILE
+    sources: dict[str, str] = json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}
+    wanted = {it.name: f"{file_digest(it.image)}:{file_digest(it.mask)}" for it in items}
+    todo = [it for it in items
+            if not (out_root / it.filtered_mask).is_file() or sources.get(it.name) != wanted[it.name]]
+    stale = sum((out_root / it.filtered_mask).is_file() for it in todo)
+    if stale:
+        log.info("%d filtered masks were made from other bytes of their image or mask; filtering them again", stale)
     skipped = len(items) - len(todo)
     bs = batch_size or segmenter.config.inference.batch_size
     written = 0
@@ -354,8 +366,10 @@ def filter_synthetic_set(
         for (item, _, mask), lg in zip(batch, logits):
             filtered = filter_mask(mask, pixel_cross_entropy(lg, mask), mu, tolerance)
             write_image(out_root / item.filtered_mask, filtered)
+            sources[item.name] = wanted[item.name]
             written += 1
         batch.clear()
+        write_json_atomic(sources_path, sources)
 
     from tisynth.segmentation.pairs import read_index_mask
 

@@ -17,8 +17,11 @@ input versions). Opening a folder compares fingerprints:
 Completion markers (:meth:`RunFolder.mark_done`) are small JSON files written atomically, so a
 killed run never leaves a marker for unfinished work.
 
-The two hashers of the project live here too: :func:`settings_digest` for settings and any
-JSON-able description, :func:`weights_digest` for the weights of a module.
+The hashers of the project live here too: :func:`settings_digest` for settings and any
+JSON-able description, :func:`weights_digest` for the weights of a module, :func:`file_digest`
+for the bytes of an input file. Inputs enter a fingerprint by their content, not by their path:
+a project that is moved or copied resumes its work, and a file rewritten in place (a tile set
+re-ingested, images sampled anew) never resumes work made from the old bytes.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 import torch
 
 from tisynth.errors import TisynthError
-from tisynth.io import clean_stale_temporaries, is_temporary, write_json_atomic
+from tisynth.io import DataError, clean_stale_temporaries, is_temporary, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,35 @@ def weights_digest(weights: torch.nn.Module | Mapping[str, torch.Tensor], extra:
             t = t.float()
         h.update(t.numpy().tobytes())
     return h.hexdigest()[:length]
+
+
+_FILE_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """A hex digest of a file's bytes.
+
+    Remembered within the process per (resolved path, size, modification time), so the many
+    fingerprints of one experiment read each tile once.
+
+    Raises:
+        DataError: the file cannot be read (the message names it).
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns, length)
+        known = _FILE_DIGESTS.get(key)
+        if known is not None:
+            return known
+        h = hashlib.blake2b(digest_size=max(1, (length + 1) // 2))
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as err:
+        raise DataError(f"{p}: cannot read it to fingerprint its content ({err.strerror or err})") from None
+    digest = _FILE_DIGESTS[key] = h.hexdigest()[:length]
+    return digest
 
 
 def done_file(root: str | Path, name: str = "done") -> Path:

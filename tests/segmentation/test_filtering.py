@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,13 @@ def test_filter_and_resample_drivers(tmp_path, trained, toy_tiles, registry):
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 1, "skipped": 5}
     assert not stale.exists()
     assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(Path(it.filtered_mask).name for it in items)
+    # an image sampled anew under the same name (another generator) is filtered again, the others are not
+    shutil.copyfile(items[4].image, items[0].image)
+    assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 1, "skipped": 5}
+    fresh = tmp_path / "fresh"
+    filtering.filter_synthetic_set(seg, items[:1], mu, fresh, tolerance=1.25)
+    assert (out / items[0].filtered_mask).read_bytes() == (fresh / items[0].filtered_mask).read_bytes()
+    assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 0, "skipped": 6}
     # other settings: every mask is redone, and the earlier masks are kept aside, byte for byte
     before = {p.name: p.read_bytes() for p in (out / "masks").iterdir()}
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=3.0)["written"] == 6

@@ -842,7 +842,8 @@ def build_runner_config(
             "checkpoint": checkpoint,
             "sampler_seed": {"type": "DistSamplerSeedHook"},
         },
-        "custom_hooks": [{"type": "TisynthProgressHook", "interval": t.log_interval, "label": run_label}]
+        "custom_hooks": [{"type": "TisynthProgressHook", "interval": t.log_interval, "label": run_label},
+                         {"type": "TisynthLocalCheckpointHook"}]
         + ([{"type": "EMAHook", "ema_type": "ExponentialMovingAverage", "momentum": float(t.ema_momentum),
              "update_buffers": False, "priority": 49}] if t.ema_momentum else []),
         "env_cfg": {"cudnn_benchmark": False, "mp_cfg": {"mp_start_method": "fork", "opencv_num_threads": 0},

@@ -237,6 +237,28 @@ class TisynthIoUMetric(BaseMetric):
 
 
 @HOOKS.register_module(force=True)
+class TisynthLocalCheckpointHook(Hook):
+    """Keep a resumed run's best checkpoint inside its own work folder.
+
+    mmengine records the best checkpoint by its absolute path and, on finding a better one,
+    deletes the file at that path. When a work folder was moved or copied, the path restored on
+    resume names the old location; this hook points it at the folder's own copy before the
+    checkpoint hook reads it (it runs first: priority ``LOW`` before ``VERY_LOW``).
+    """
+
+    priority = "LOW"
+
+    def before_train(self, runner: Any) -> None:
+        hub = runner.message_hub
+        recorded = hub.get_info("best_ckpt")
+        if not recorded:
+            return
+        here = Path(runner.work_dir) / Path(recorded).name
+        if Path(recorded) != here and here.is_file():
+            hub.update_info("best_ckpt", str(here))
+
+
+@HOOKS.register_module(force=True)
 class TisynthProgressHook(Hook):
     """Readable progress: loss / lr / speed every ``interval`` iterations and every validation.
 

@@ -30,8 +30,8 @@ from unittest import mock
 import torch
 
 from tisynth.classes import ClassRegistry
-from tisynth.io import DataError
-from tisynth.runs import RunFolder, RunFolderError, done_file
+from tisynth.io import DataError, write_json_atomic, write_text_atomic
+from tisynth.runs import MANIFEST, RunFolder, RunFolderError, done_file, file_digest
 from tisynth.segmentation.config import (
     ConfigError,
     MixConfig,
@@ -67,9 +67,40 @@ def job_spec(
     }
 
 
+def content_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with every pair's paths replaced by the digests of the two files' bytes.
+
+    The job is what the files hold, not where they are: a moved or copied project finds its
+    finished segmenters, and a tile rewritten in place is a new job.
+    """
+    out = dict(spec)
+    for key in ("train_pairs", "val_pairs", "synthetic_pairs"):
+        if out.get(key):
+            out[key] = [[file_digest(image), file_digest(mask)] for image, mask in out[key]]
+    return out
+
+
 def job_fingerprint(*args: Any, **kwargs: Any) -> str:
-    """Fingerprint of :func:`job_spec` (same arguments)."""
-    return fingerprint(job_spec(*args, **kwargs))
+    """Fingerprint of :func:`job_spec` (same arguments), with the pairs identified by content."""
+    return fingerprint(content_spec(job_spec(*args, **kwargs)))
+
+
+def _local(work_dir: Path, recorded: str | None) -> str | None:
+    """A checkpoint path recorded by an earlier session, moved into ``work_dir`` when the folder moved."""
+    if not recorded:
+        return recorded
+    here = work_dir / Path(recorded).name
+    return str(here) if here.is_file() else recorded
+
+
+def _relocate_last_checkpoint(work_dir: Path) -> None:
+    """Point mmengine's ``last_checkpoint`` at this folder's copy of the file it names."""
+    marker = work_dir / "last_checkpoint"
+    if marker.is_file():
+        recorded = marker.read_text(encoding="utf-8").strip()
+        local = _local(work_dir, recorded)
+        if local != recorded:
+            write_text_atomic(marker, local)
 
 
 @contextlib.contextmanager
@@ -170,7 +201,7 @@ def train_segmenter(
 
     work_dir = Path(work_dir).resolve()
     spec = job_spec(config, registry, train_pairs, val_pairs, synthetic_pairs or None, mix_cfg)
-    fp = fingerprint(spec)
+    fp = fingerprint(content_spec(spec))
     try:
         run = RunFolder.open(work_dir, fp, policy="refuse", legacy_manifest=LEGACY_JOB_FILE, description=spec)
     except RunFolderError as err:
@@ -182,8 +213,10 @@ def train_segmenter(
     done = run.done()
     if done is not None:
         log.info("[%s] already trained in %s; loading %s", label, work_dir, Path(done["checkpoint"]).name)
-        model = _load_selected(work_dir, done["checkpoint"], model_config)
-        return Segmenter(model, model_config, registry, config, {**done, "reloaded": True}, device)
+        checkpoint = _local(work_dir, done["checkpoint"])
+        model = _load_selected(work_dir, checkpoint, model_config)
+        info = {**done, "work_dir": str(work_dir), "checkpoint": checkpoint, "reloaded": True}
+        return Segmenter(model, model_config, registry, config, info, device)
 
     files = {
         "real": str(write_pairs(work_dir / "pairs_train_real.json", train_pairs)),
@@ -196,6 +229,7 @@ def train_segmenter(
     cfg = build_runner_config(config, registry, str(work_dir), files["real"], files["val"], files["synthetic"],
                               mix_cfg, iterations, label)
     # resume only when there is something to resume (mmengine prints a notice otherwise)
+    _relocate_last_checkpoint(work_dir)
     cfg["resume"] = (work_dir / "last_checkpoint").is_file()
     # a unique name: mmengine keys its logger and visualizer instances by it
     cfg["experiment_name"] = f"{label}-{uuid.uuid4().hex[:8]}"
@@ -214,7 +248,7 @@ def train_segmenter(
             resumed_from = progress[0].start_iter
         best = runner.message_hub.get_info("best_ckpt") if val_pairs else None
         last = (work_dir / "last_checkpoint").read_text(encoding="utf-8").strip()
-    checkpoint = str(best or last)
+    checkpoint = _local(work_dir, str(best or last))
     history = _read_history(work_dir)
     best_rec = max(history, key=lambda r: r.get("mIoU", float("-inf"))) if history else None
     info = {
@@ -251,7 +285,44 @@ def segmenter_finished(work_dir: str | Path) -> bool:
 def work_dir_for(root: str | Path, name: str, config: SegmenterConfig, registry: ClassRegistry,
                  train_pairs: Sequence[Pair], val_pairs: Sequence[Pair] | None,
                  synthetic_pairs: Sequence[Pair] | None = None, mix: MixConfig | None = None) -> Path:
-    """``root/<name>-<fingerprint>``: one folder per distinct job, so changed settings never resume old work."""
-    fp = job_fingerprint(config, registry, train_pairs, list(val_pairs or []), synthetic_pairs or None,
-                         MixConfig.from_params(mix) if synthetic_pairs else None)
-    return Path(root) / f"{name}-{fp}"
+    """``root/<name>-<fingerprint>``: one folder per distinct job, so changed settings never resume old work.
+
+    A folder of the same job named by the path-based fingerprint of earlier versions is renamed
+    to this name first (:func:`_adopt_path_named`), so its finished or begun training is kept.
+    """
+    spec = job_spec(config, registry, train_pairs, list(val_pairs or []), synthetic_pairs or None,
+                    MixConfig.from_params(mix) if synthetic_pairs else None)
+    work_dir = Path(root) / f"{name}-{fingerprint(content_spec(spec))}"
+    _adopt_path_named(work_dir, fingerprint(spec))
+    return work_dir
+
+
+def _adopt_path_named(work_dir: Path, path_fingerprint: str) -> None:
+    """Rename ``<name>-<path_fingerprint>`` to ``work_dir`` when it holds this very job.
+
+    Earlier versions named a job by the paths of its tiles. Such a folder is this job when its
+    manifest holds that path fingerprint; its manifest and completion marker are given the new
+    fingerprint before the folder is renamed, so an interruption in between leaves a folder that
+    the next call still recognises.
+    """
+    if work_dir.exists():
+        return
+    stem, sep, _ = work_dir.name.rpartition("-")
+    old = work_dir.with_name(f"{stem}-{path_fingerprint}")
+    if not sep or old == work_dir or not old.is_dir():
+        return
+    new_fp = work_dir.name.rpartition("-")[2]
+    try:
+        manifest = json.loads((old / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(manifest, dict) or manifest.get("fingerprint") not in (path_fingerprint, new_fp):
+        return
+    write_json_atomic(old / MANIFEST, {**manifest, "fingerprint": new_fp})
+    done = done_file(old)
+    if done.is_file():
+        record = json.loads(done.read_text(encoding="utf-8"))
+        if record.get("fingerprint") == path_fingerprint:
+            write_json_atomic(done, {**record, "fingerprint": new_fp})
+    old.rename(work_dir)
+    log.info("%s: the job's folder of an earlier version (named by tile paths) renamed to %s", old.name, work_dir.name)
