@@ -151,7 +151,7 @@ def test_bad_synthesis_settings():
 def test_checkpoint_folders_are_resumed_only_by_the_same_run(tmp_path):
     params = {"common": {"seed": 0, "batch_size": 4}, "base": {"steps": 10, "learning_rate": 1e-3},
               "A": {"steps": 5}, "B": {"steps": 5}}
-    data_fp = generator_runs.data_fingerprint({"preset": "tiny"}, ["a", "b"])
+    data_fp = generator_runs.data_fingerprint({"preset": "tiny"}, {"a": "1:1", "b": "2:2"})
     fps = []
     upstream = data_fp
     for stage in generator_runs.STAGES:
@@ -162,8 +162,9 @@ def test_checkpoint_folders_are_resumed_only_by_the_same_run(tmp_path):
     own_base, up = generator_runs.stage_fingerprints(data_fp, generator_runs.stage_config(longer, "base", {}))
     own_a, _ = generator_runs.stage_fingerprints(up, generator_runs.stage_config(longer, "A", {}))
     assert own_base == fps[0] and own_a != fps[1]
-    # other data -> other fingerprints
-    assert generator_runs.data_fingerprint({"preset": "tiny"}, ["a", "c"]) != data_fp
+    # other data -> other fingerprints: other tiles, or the same names with other bytes
+    assert generator_runs.data_fingerprint({"preset": "tiny"}, {"a": "1:1", "c": "2:2"}) != data_fp
+    assert generator_runs.data_fingerprint({"preset": "tiny"}, {"a": "1:1", "b": "2:3"}) != data_fp
 
     folder = tmp_path / "stage_A"
     generator_runs.prepare_checkpoint_dir(folder, fps[1])
@@ -176,6 +177,17 @@ def test_checkpoint_folders_are_resumed_only_by_the_same_run(tmp_path):
     (aside,) = (folder / "superseded").iterdir()
     assert (aside / "step-00000005").is_dir()
     assert json.loads((aside / "run.json").read_text())["fingerprint"] == fps[1]
+
+    # checkpoints of an earlier version (its fingerprint knew the tiles by name) are adopted, not set aside
+    earlier = tmp_path / "stage_B"
+    generator_runs.prepare_checkpoint_dir(earlier, "by-names")
+    (earlier / "step-00000005").mkdir()
+    (earlier / "step-00000005" / "state.json").write_text("{}")
+    generator_runs.prepare_checkpoint_dir(earlier, fps[2], adopt=["by-names"])
+    assert (earlier / "step-00000005").is_dir() and not (earlier / "superseded").exists()
+    assert json.loads((earlier / "run.json").read_text())["fingerprint"] == fps[2]
+    generator_runs.prepare_checkpoint_dir(earlier, own_a, adopt=["by-names"])  # adoption is no wildcard
+    assert not (earlier / "step-00000005").exists() and (earlier / "superseded").is_dir()
 
 
 def test_superseded_images_are_moved_aside_not_deleted(tmp_path, model, tiles):

@@ -130,6 +130,7 @@ class RunFolder:
         entries: Iterable[str] | None = None,
         legacy_manifest: str | None = None,
         description: Mapping[str, Any] | None = None,
+        adopt: Iterable[Any] = (),
     ) -> RunFolder:
         """Open ``root`` for the run ``fingerprint`` (any JSON-able value).
 
@@ -141,6 +142,9 @@ class RunFolder:
             legacy_manifest: an older manifest file name; when ``run.json`` is absent and this
                 file holds the same fingerprint, the folder is adopted and resumes.
             description: readable details stored in the manifest beside the fingerprint (not compared).
+            adopt: fingerprints that earlier versions gave this very run (computed another way);
+                a folder holding one of them is given ``fingerprint`` and resumes. Completion
+                markers are not rewritten.
         """
         if policy not in POLICIES:
             raise RunFolderError(f"unknown run folder policy {policy!r}; expected one of {', '.join(POLICIES)}")
@@ -153,6 +157,11 @@ class RunFolder:
             if legacy is not None and legacy.get("fingerprint", legacy) == fingerprint:
                 old = {"fingerprint": fingerprint}
         record = {"fingerprint": fingerprint, **({"description": dict(description)} if description else {})}
+        earlier = [json.loads(json.dumps(f, default=str)) for f in adopt]
+        if old is not None and old.get("fingerprint") != fingerprint and old.get("fingerprint") in earlier:
+            log.info("%s: output of this run under the fingerprint of an earlier version; adopted", root)
+            write_json_atomic(manifest, {**old, **record})
+            old = record
         if old is not None and old.get("fingerprint") == fingerprint:
             if not manifest.is_file():
                 write_json_atomic(manifest, record)

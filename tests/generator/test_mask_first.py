@@ -190,6 +190,12 @@ def test_latent_cache_round_trips_and_resumes(tiles, tmp_path):
     stamps = [f.stat().st_mtime_ns for f in files]
     again = build_latent_cache(ae, tileset, manifest, tmp_path / "cache", variants=8, dtype="float32", progress=False)
     assert again["encoded_now"] == 0 and [f.stat().st_mtime_ns for f in files] == stamps
+    # a tile rewritten under its name (ingested again) is encoded again; the others are kept
+    write_image(tileset.root / "images" / "t1.png", tiles[2]["image"])
+    third = build_latent_cache(ae, tileset, manifest, tmp_path / "cache", variants=8, dtype="float32", progress=False)
+    assert third["encoded_now"] == 1
+    image = torch.from_numpy(tiles[2]["image"]).permute(2, 0, 1).float()[None] / 127.5 - 1
+    assert torch.allclose(ae.decode(LatentTileDataset(third, tileset, manifest)[8]["latent"][None]), image, atol=1e-5)
 
 
 def test_latent_cache_is_invalidated_by_another_autoencoder(tiles, tmp_path):

@@ -41,10 +41,11 @@ from tisynth.errors import TisynthError
 from tisynth.generator.autoencoders import LatentAutoencoder
 from tisynth.generator.data import TileDataset, TileDatasetError, uint8_to_images
 from tisynth.io import TileSet, atomic_path, write_json_atomic
-from tisynth.runs import weights_digest
+from tisynth.runs import file_digest, weights_digest
 from tisynth.weights import read_safetensors
 
 CACHE_FILE = "cache.json"
+SOURCES_FILE = "sources.json"  # tile name -> digest of the image bytes its latents were encoded from
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 VARIANT_SETS = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
 """Dihedral variants encoded for each ``variants`` setting (see :func:`dihedral`)."""
@@ -82,7 +83,8 @@ def build_latent_cache(
 ) -> dict[str, Any]:
     """Encode the labelled tiles of ``manifest`` (all rows given) into ``root``; returns the cache's description.
 
-    Resumable: tiles whose file exists are skipped. ``variants``: 1, 2, 4 or 8 (:data:`VARIANT_SETS`).
+    Resumable: tiles whose latents exist and were encoded from the same image bytes
+    (``sources.json``) are skipped. ``variants``: 1, 2, 4 or 8 (:data:`VARIANT_SETS`).
     The cache lives in ``root/<autoencoder fingerprint>-v<variants>-<dtype>``: another autoencoder,
     variant count or dtype gets a new folder, and the old one is kept.
     """
@@ -103,7 +105,13 @@ def build_latent_cache(
             raise LatentCacheError(f"{meta_path} describes another cache ({have}); expected {meta}")
     else:
         write_json_atomic(meta_path, meta)
-    todo = [str(n) for n in rows["name"] if not (folder / "latents" / f"{n}.safetensors").is_file()]
+    # a latent is finished work only for the image bytes it was encoded from: a tile rewritten
+    # under the same name (the tiles ingested again with other settings) is encoded again
+    sources_path = folder / SOURCES_FILE
+    sources: dict[str, str] = json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}
+    wanted = {str(n): file_digest(tiles.path(str(i))) for n, i in zip(rows["name"], rows["image"])}
+    todo = [n for n in wanted
+            if not (folder / "latents" / f"{n}.safetensors").is_file() or sources.get(n) != wanted[n]]
     by_name = rows.set_index("name")
     device = next(autoencoder.parameters(), torch.empty(0)).device
     bar = tqdm(total=len(todo) * variants, desc="latent cache", unit="latent", disable=not progress)
@@ -122,6 +130,8 @@ def build_latent_cache(
                 out = folder / "latents" / f"{name}.safetensors"
                 with atomic_path(out) as tmp:
                     save_file({"latents": lat.to(DTYPES[dtype]).contiguous()}, str(tmp))
+                sources[name] = wanted[name]
+            write_json_atomic(sources_path, sources)
             bar.update(len(names) * variants)
     bar.close()
     return {**meta, "folder": str(folder), "tiles": int(len(rows)), "encoded_now": len(todo)}

@@ -47,13 +47,23 @@ def stage_fingerprints(upstream: str, cfg: Mapping[str, Any]) -> tuple[str, str]
     return own, settings_digest([upstream, dict(cfg)])
 
 
-def data_fingerprint(generator_config: Mapping[str, Any], train_names: Sequence[str]) -> str:
+def data_fingerprint(generator_config: Mapping[str, Any], train_tiles: Mapping[str, str]) -> str:
+    """The generator's settings and its training tiles, each by name and content digest."""
+    return settings_digest([dict(generator_config), sorted(train_tiles.items())])
+
+
+def names_data_fingerprint(generator_config: Mapping[str, Any], train_names: Sequence[str]) -> str:
+    """What :func:`data_fingerprint` was before tiles entered it by content (names only); for adoption."""
     return settings_digest([dict(generator_config), sorted(train_names)])
 
 
-def prepare_checkpoint_dir(folder: Path, fingerprint: str, policy: str = "set_aside") -> Path:
-    """Make ``folder`` hold only checkpoints of this fingerprint; another run's are set aside (or per ``policy``)."""
-    return RunFolder.open(folder, fingerprint, policy=policy, legacy_manifest="fingerprint.json").root
+def prepare_checkpoint_dir(folder: Path, fingerprint: str, policy: str = "set_aside",
+                           adopt: Sequence[str] = ()) -> Path:
+    """Make ``folder`` hold only checkpoints of this fingerprint; another run's are set aside (or per ``policy``).
+
+    ``adopt``: fingerprints an earlier version gave these same checkpoints (they resume).
+    """
+    return RunFolder.open(folder, fingerprint, policy=policy, legacy_manifest="fingerprint.json", adopt=adopt).root
 
 
 def history_frame(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:

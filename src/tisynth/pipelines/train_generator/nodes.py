@@ -27,6 +27,7 @@ from tisynth.generator.diagnostics import DEFAULT_TIMESTEPS, DiagnosticsError, m
 from tisynth.generator.latent_cache import LatentTileDataset, build_latent_cache
 from tisynth.generator.sample import sample_grid
 from tisynth.io import TileSet
+from tisynth.runs import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,26 @@ def cache_latents(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: di
     return {"enabled": True, **cache}
 
 
-def _fingerprint_chain(stage: str, generator: dict[str, Any], manifest: pd.DataFrame, params: dict[str, Any],
-                       ref_augment: dict[str, Any]) -> str:
+def _train_tiles(tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any]) -> dict[str, str]:
+    """``{name: digest of image and mask}`` of the generator's training tiles."""
+    rows = manifest[manifest["name"].isin(_train_names(manifest, params))]
+    return {str(n): f"{file_digest(tiles.path(str(i)))}:{file_digest(tiles.path(str(m)))}"
+            for n, i, m in zip(rows["name"], rows["image"], rows["mask"])}
+
+
+def _fingerprint_chain(stage: str, generator: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame,
+                       params: dict[str, Any], ref_augment: dict[str, Any]) -> tuple[str, str]:
+    """(this stage's fingerprint, the one versions that knew tiles by name only gave it)."""
     cache = dict(params.get("latent_cache") or {})
     data = {**resolve_generator_config(generator),
             "_latent_cache": {k: cache.get(k) for k in ("enabled", "variants", "dtype")} if cache.get("enabled") else None}
-    upstream = stages.data_fingerprint(data, _train_names(manifest, params))
+    chains = [stages.data_fingerprint(data, _train_tiles(tiles, manifest, params)),
+              stages.names_data_fingerprint(data, _train_names(manifest, params))]
     for s in stages.STAGES:
-        own, upstream_next = stages.stage_fingerprints(upstream, stages.stage_config(params, s, ref_augment))
+        steps = [stages.stage_fingerprints(up, stages.stage_config(params, s, ref_augment)) for up in chains]
         if s == stage:
-            return own
-        upstream = upstream_next
+            return steps[0][0], steps[1][0]
+        chains = [nxt for _, nxt in steps]
     raise ValueError(stage)
 
 
@@ -84,8 +94,9 @@ def _train(stage: str, model: Any, cache: dict[str, Any], tiles: TileSet, manife
         return model, []
     rows = manifest[manifest["name"].isin(_train_names(manifest, params))]
     data = LatentTileDataset(cache, tiles, rows) if cache.get("enabled") else TileDataset(tiles, rows, split=None)
-    folder = stages.prepare_checkpoint_dir(Path(params["checkpoint_dir"]) / f"stage_{stage}",
-                                         _fingerprint_chain(stage, generator, manifest, params, ref_augment))
+    fingerprint, by_names = _fingerprint_chain(stage, generator, tiles, manifest, params, ref_augment)
+    folder = stages.prepare_checkpoint_dir(Path(params["checkpoint_dir"]) / f"stage_{stage}", fingerprint,
+                                           adopt=[by_names])
     log.info("stage %s: %d training tiles, %d steps, checkpoints in %s", stage, len(data), cfg["steps"], folder)
     result = train_generator(model, data, cfg, folder, callback=MlflowCallback(prefix=f"generator_{stage}/"))
     return result.model, result.history
