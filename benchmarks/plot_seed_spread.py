@@ -70,7 +70,9 @@ def main() -> int:
                      per_seed(file, args.metric, eval_set)))
     axis_set = args.eval_set if eval_sets == {args.eval_set} else "evaluation-set"
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    n_gains = sum(len([v for v in table.index if v != "real"]) for _, table in runs)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12 + max(0, n_gains - 4) * 0.9, 4.8),
+                                      gridspec_kw={"width_ratios": [max(2, len(runs)), max(3, n_gains)]})
     for x, (label, table) in enumerate(runs):
         if "real" not in table.index:
             raise SystemExit(f"{label}: the run has no real-only variant (a)")
@@ -84,6 +86,7 @@ def main() -> int:
     left.set_title("(a) real only, one dot per seed")
 
     ticks = []
+    tops: list[float] = []
     for label, table in runs:
         for variant in [v for v in table.index if v != "real"]:
             gains = (table.loc[variant] - table.loc["real"]).dropna()
@@ -94,8 +97,14 @@ def main() -> int:
                 mean = float(gains.mean())
                 lo, hi = paired_interval(gains.to_numpy())
                 right.errorbar(x + 0.15, mean, yerr=[[mean - lo], [hi - mean]], fmt="o", color="black", capsize=4)
-                right.annotate(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]", (x + 0.22, mean), fontsize=8, va="center")
+                # above the interval, centred on its column: long labels never run into the next column
+                right.annotate(f"{mean:+.1f}\n[{lo:+.1f}, {hi:+.1f}]", (x + 0.15, hi), xytext=(0, 4),
+                               textcoords="offset points", fontsize=7, ha="center", va="bottom")
+                tops.append(hi)
     right.axhline(0, color="grey", lw=0.8)
+    if tops:  # room for the labels above the highest interval
+        low, high = right.get_ylim()
+        right.set_ylim(low, max(high, max(tops)) + 0.15 * (high - low))
     right.set_xticks(range(len(ticks)), ticks, fontsize=8)
     right.set_xlim(-0.5, max(1, len(ticks)) - 0.2)
     right.set_ylabel(f"gain in {args.metric} over (a), points")
