@@ -4,6 +4,7 @@ bookkeeping around the generator stages."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from tisynth import references
 from tisynth.classes import ClassRegistry
 from tisynth.generator import build_generator, synthesis
 from tisynth.generator import stages as generator_runs
-from tisynth.io import TileSet, read_image, write_image
+from tisynth.io import TileSet, read_image, read_raster, write_image
 
 REG = ClassRegistry.from_records([{"id": i, "name": n, "color": c} for i, (n, c) in enumerate(
     [("road", [255, 0, 0]), ("tree", [0, 255, 0]), ("water", [0, 0, 255])])])
@@ -85,6 +86,29 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, model, tiles, monk
     assert run(part, model, plan, tileset) == 0  # nothing left to do
     manifest = synthesis.index_synthetic(TileSet(part), plan, "png")
     assert len(manifest) == 16 and manifest["name"].is_unique and set(manifest["generator_version"]) == {"v1"}
+
+
+def test_an_image_whose_mask_or_ref_was_rewritten_is_sampled_again(tmp_path, model, tiles):
+    tileset, plan = tiles
+    folder = tmp_path / "syn"
+    assert run(folder, model, plan, tileset) == 16
+    before = files(folder)
+    # t0's mask rewritten under its name (the tiles ingested again): only the images of that mask
+    mask = tileset.root / "masks" / "t0.png"
+    write_image(mask, (read_raster(mask).astype(np.int64) + 1).clip(0, 2).astype(np.uint8))
+    redo = set(plan.loc[plan["mask_name"] == "t0", "name"])
+    assert run(folder, model, plan, tileset) == len(redo) > 0
+    after = files(folder)
+    assert {n for n in after if after[n] != before[n]} == {f"{n}.png" for n in redo}
+    # a Ref rewritten: the images that used it
+    ref_users = set(plan.loc[plan["ref_name"] == "t1", "name"])
+    write_image(tileset.root / "images" / "t1.png", np.zeros((32, 32, 3), np.uint8))
+    assert run(folder, model, plan, tileset) == len(ref_users) > 0
+    assert run(folder, model, plan, tileset) == 0
+    # images with no record (an earlier version kept none) are taken as they are, and recorded
+    shutil.rmtree(folder / "sources")
+    assert run(folder, model, plan, tileset) == 0
+    assert len(list((folder / "sources").iterdir())) == 16
 
 
 def test_shards_and_batch_size_do_not_change_pixels(tmp_path, model, tiles):

@@ -35,12 +35,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tisynth.io import DataError, TileSet, write_image
-from tisynth.runs import MANIFEST, RunFolder, weights_digest
+from tisynth.io import DataError, TileSet, write_image, write_text_atomic
+from tisynth.runs import MANIFEST, RunFolder, file_digest, settings_digest, weights_digest
 
 log = logging.getLogger(__name__)
 
 LEGACY_FINGERPRINT = "fingerprint.json"  # the manifest name before run.json
+SOURCES_DIR = "sources"  # sources/<name>.txt: digest of the mask, Ref, prompt and seed an image was sampled from
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,29 @@ def write_synthetic_images(
 
     folder = Path(folder)
     RunFolder.open(folder, run_fingerprint(version, settings.sample, settings.image_format),
-                   entries=["images"], legacy_manifest=LEGACY_FINGERPRINT)
+                   entries=["images", SOURCES_DIR], legacy_manifest=LEGACY_FINGERPRINT)
     (folder / "images").mkdir(parents=True, exist_ok=True)
 
     mine = plan.iloc[settings.shard_index :: settings.shard_count]
-    todo = mine[[not (folder / image_path(n, settings.image_format)).exists() for n in mine["name"]]]
+    # an image is finished work only for the inputs it was sampled from: a mask or Ref rewritten
+    # under its name is sampled again. One small file per image, so shards never share a file.
+    wanted = {str(r.name): item_source(tilesets, r.mask, r.ref_domain, r.ref, r.prompt, r.seed)
+              for r in mine.itertuples(index=False)}
+    sources = folder / SOURCES_DIR
+    # an image with no record was sampled by an earlier version (which kept none) or by a run
+    # stopped between the image and its record: taken as it is, and recorded
+    unrecorded = [n for n in wanted if (folder / image_path(n, settings.image_format)).exists()
+                  and not (sources / f"{n}.txt").is_file()]
+    for n in unrecorded:
+        write_text_atomic(sources / f"{n}.txt", wanted[n])
+    if unrecorded:
+        log.info("recorded the inputs of %d images that had no record", len(unrecorded))
+    done = [n for n in wanted if (folder / image_path(n, settings.image_format)).exists()
+            and _read_source(sources / f"{n}.txt") == wanted[n]]
+    stale = sum((folder / image_path(n, settings.image_format)).exists() for n in set(wanted) - set(done))
+    if stale:
+        log.info("%d images were sampled from another mask or Ref under their name; sampling them again", stale)
+    todo = mine[~mine["name"].astype(str).isin(done)]
     if len(todo) < len(mine):
         log.info("%d of %d images already on disk; sampling the other %d", len(mine) - len(todo), len(mine), len(todo))
     with tqdm(total=len(mine), initial=len(mine) - len(todo), desc="sampling", unit="img") as bar:
@@ -131,8 +150,23 @@ def write_synthetic_images(
             images = sample_images(model, masks, refs, list(rows["prompt"]), [int(s) for s in rows["seed"]], settings.sample)
             for name, img in zip(rows["name"], images):
                 write_image(folder / image_path(name, settings.image_format), img)
+                write_text_atomic(sources / f"{name}.txt", wanted[str(name)])
             bar.update(len(rows))
     return len(todo)
+
+
+def item_source(tilesets: Mapping[str, TileSet], mask: str, ref_domain: str, ref: str, prompt: str, seed: Any) -> str:
+    """Digest of what one synthetic image is sampled from: its mask's and Ref's bytes, its prompt and seed."""
+    ref_file = _tileset(tilesets, ref_domain).path(ref) if isinstance(ref, str) and ref else None
+    return settings_digest([file_digest(tilesets["source"].path(mask)),
+                            file_digest(ref_file) if ref_file is not None else None, str(prompt), int(seed)])
+
+
+def _read_source(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
 
 
 def _tileset(tilesets: Mapping[str, TileSet], domain: str) -> TileSet:
