@@ -350,6 +350,13 @@ def filter_synthetic_set(
     sources_path = out_root / SOURCES_FILE
     sources: dict[str, str] = json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}
     wanted = {it.name: f"{file_digest(it.image)}:{file_digest(it.mask)}" for it in items}
+    # a mask with no record was made by an earlier version (which kept none) or by a run stopped
+    # before its record was written: taken as it is, and recorded
+    unrecorded = [it.name for it in items if it.name not in sources and (out_root / it.filtered_mask).is_file()]
+    if unrecorded:
+        sources.update({n: wanted[n] for n in unrecorded})
+        write_json_atomic(sources_path, sources)
+        log.info("recorded the inputs of %d filtered masks that had no record", len(unrecorded))
     todo = [it for it in items
             if not (out_root / it.filtered_mask).is_file() or sources.get(it.name) != wanted[it.name]]
     stale = sum((out_root / it.filtered_mask).is_file() for it in todo)

@@ -196,6 +196,11 @@ def test_latent_cache_round_trips_and_resumes(tiles, tmp_path):
     assert third["encoded_now"] == 1
     image = torch.from_numpy(tiles[2]["image"]).permute(2, 0, 1).float()[None] / 127.5 - 1
     assert torch.allclose(ae.decode(LatentTileDataset(third, tileset, manifest)[8]["latent"][None]), image, atol=1e-5)
+    # latents with no record (an earlier version kept none) are taken as they are
+    (Path(third["folder"]) / "sources.json").unlink()
+    assert build_latent_cache(ae, tileset, manifest, tmp_path / "cache", variants=8, dtype="float32",
+                              progress=False)["encoded_now"] == 0
+    assert len(json.loads((Path(third["folder"]) / "sources.json").read_text())) == 3
 
 
 def test_latent_cache_is_invalidated_by_another_autoencoder(tiles, tmp_path):

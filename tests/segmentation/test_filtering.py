@@ -135,6 +135,10 @@ def test_filter_and_resample_drivers(tmp_path, trained, toy_tiles, registry):
     filtering.filter_synthetic_set(seg, items[:1], mu, fresh, tolerance=1.25)
     assert (out / items[0].filtered_mask).read_bytes() == (fresh / items[0].filtered_mask).read_bytes()
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 0, "skipped": 6}
+    # masks with no record (an earlier version kept none) are taken as they are, and recorded
+    (out / "sources.json").unlink()
+    assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 0, "skipped": 6}
+    assert len(json.loads((out / "sources.json").read_text())) == 6
     # other settings: every mask is redone, and the earlier masks are kept aside, byte for byte
     before = {p.name: p.read_bytes() for p in (out / "masks").iterdir()}
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=3.0)["written"] == 6

@@ -110,6 +110,11 @@ def build_latent_cache(
     sources_path = folder / SOURCES_FILE
     sources: dict[str, str] = json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}
     wanted = {str(n): file_digest(tiles.path(str(i))) for n, i in zip(rows["name"], rows["image"])}
+    # latents with no record (an earlier version kept none) are taken as they are, and recorded
+    unrecorded = [n for n in wanted if n not in sources and (folder / "latents" / f"{n}.safetensors").is_file()]
+    if unrecorded:
+        sources.update({n: wanted[n] for n in unrecorded})
+        write_json_atomic(sources_path, sources)
     todo = [n for n in wanted
             if not (folder / "latents" / f"{n}.safetensors").is_file() or sources.get(n) != wanted[n]]
     by_name = rows.set_index("name")
