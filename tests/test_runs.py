@@ -121,3 +121,26 @@ def test_resuming_removes_temporaries_of_interrupted_writes_and_nothing_else(tmp
     assert [p for p in left if p.exists()] == []
     assert all(p.exists() for p in kept)
     assert sorted(p.name for p in (root / "out").iterdir()) == ["a.png", "b.png", "deep", "notes.tmp.txt"]
+
+
+def test_item_records_pending_adoption_and_changed_inputs(tmp_path):
+    from tisynth.runs import ItemRecords
+
+    records = ItemRecords(tmp_path)
+    out = tmp_path / "images" / "a.png"
+    assert not records.is_done("a", out, "d1")  # no output
+    records.begin("a", out)
+    assert records.read("a") == ItemRecords.PENDING
+    out.parent.mkdir()
+    out.write_bytes(b"made from d1")
+    assert not records.is_done("a", out, "d1")  # killed before its record: made again
+    records.finish("a", "d1")
+    assert records.is_done("a", out, "d1") and not records.is_done("a", out, "d2")
+    # inputs changed: the old output is set aside, untouched, before it is made again
+    records.begin("a", out)
+    assert not out.exists()
+    assert (tmp_path / "superseded" / "changed-inputs" / "d1" / "images" / "a.png").read_bytes() == b"made from d1"
+    # an output with no record (an earlier version kept none) is adopted and recorded
+    other = tmp_path / "images" / "b.png"
+    other.write_bytes(b"old")
+    assert records.is_done("b", other, "d3") and records.read("b") == "d3"

@@ -100,6 +100,8 @@ def test_an_image_whose_mask_or_ref_was_rewritten_is_sampled_again(tmp_path, mod
     assert run(folder, model, plan, tileset) == len(redo) > 0
     after = files(folder)
     assert {n for n in after if after[n] != before[n]} == {f"{n}.png" for n in redo}
+    kept = {p.name: p.read_bytes() for p in (folder / "superseded" / "changed-inputs").rglob("*.png")}
+    assert kept == {f"{n}.png": before[f"{n}.png"] for n in redo}  # the old images are kept aside
     # a Ref rewritten: the images that used it
     ref_users = set(plan.loc[plan["ref_name"] == "t1", "name"])
     write_image(tileset.root / "images" / "t1.png", np.zeros((32, 32, 3), np.uint8))
@@ -212,6 +214,9 @@ def test_checkpoint_folders_are_resumed_only_by_the_same_run(tmp_path):
     assert json.loads((earlier / "run.json").read_text())["fingerprint"] == fps[2]
     generator_runs.prepare_checkpoint_dir(earlier, own_a, adopt=["by-names"])  # adoption is no wildcard
     assert not (earlier / "step-00000005").exists() and (earlier / "superseded").is_dir()
+    # the names-only form is exactly what earlier versions wrote (digest pinned from such a version)
+    assert generator_runs.names_data_fingerprint({"preset": "tiny", "image_size": 32}, ["t2", "t0", "t1"]) == \
+        "11f145bf01c9552a"
 
 
 def test_superseded_images_are_moved_aside_not_deleted(tmp_path, model, tiles):

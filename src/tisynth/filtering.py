@@ -24,7 +24,6 @@ resumes.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,8 +35,8 @@ import pandas as pd
 
 from tisynth.classes import IGNORE_INDEX, ClassRegistry, RegistryError
 from tisynth.errors import TisynthError
-from tisynth.io import TileSet, read_image, write_image, write_json_atomic
-from tisynth.runs import RunFolder, file_digest, weights_digest
+from tisynth.io import TileSet, read_image, write_image
+from tisynth.runs import ItemRecords, RunFolder, file_digest, weights_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from tisynth.segmentation.pairs import Pair
@@ -50,7 +49,6 @@ FREEMASK_EPS = 1e-5
 
 FILTERED_MASK_DIR = "masks"
 LEGACY_FINGERPRINT_FILE = "filter_fingerprint.json"  # the manifest name before run.json
-SOURCES_FILE = "sources.json"  # name -> digest of the image and source mask each filtered mask was made from
 
 
 class FilterError(TisynthError, ValueError):
@@ -331,9 +329,9 @@ def filter_synthetic_set(
 
     Files that exist are skipped when ``out_root`` was filtered with the same segmenter,
     reference losses and tolerance (its ``run.json``, :mod:`tisynth.runs`) and from the same
-    bytes of the item's image and mask (``out_root/sources.json``); otherwise the earlier masks
-    are moved, untouched, to ``out_root/superseded/`` (other settings) or rewritten (other
-    sources). Each file is written atomically.
+    bytes of the item's image and mask (``out_root/sources/``, :class:`tisynth.runs.ItemRecords`); otherwise the earlier masks
+    are moved, untouched, to ``out_root/superseded/`` (all of them for other settings, one by
+    one for changed inputs). Each file is written atomically.
 
     Returns:
         ``{"written": n, "skipped": m}``.
@@ -344,24 +342,16 @@ def filter_synthetic_set(
           "class_mean_loss": [round(float(v), 10) for v in mu]}
     # masks of other settings (or of unknown origin) are set aside before the new manifest is
     # written, so an interruption can never leave stale masks to be skipped
-    RunFolder.open(out_root, fp, entries=[FILTERED_MASK_DIR, SOURCES_FILE], legacy_manifest=LEGACY_FINGERPRINT_FILE)
+    RunFolder.open(out_root, fp, entries=[FILTERED_MASK_DIR, ItemRecords.DIR], legacy_manifest=LEGACY_FINGERPRINT_FILE)
     # a mask is finished work only for the bytes it was made from: an image sampled anew under
     # the same name (another generator, other sampler settings) is filtered again
-    sources_path = out_root / SOURCES_FILE
-    sources: dict[str, str] = json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}
+    records = ItemRecords(out_root)
     wanted = {it.name: f"{file_digest(it.image)}:{file_digest(it.mask)}" for it in items}
-    # a mask with no record was made by an earlier version (which kept none) or by a run stopped
-    # before its record was written: taken as it is, and recorded
-    unrecorded = [it.name for it in items if it.name not in sources and (out_root / it.filtered_mask).is_file()]
-    if unrecorded:
-        sources.update({n: wanted[n] for n in unrecorded})
-        write_json_atomic(sources_path, sources)
-        log.info("recorded the inputs of %d filtered masks that had no record", len(unrecorded))
-    todo = [it for it in items
-            if not (out_root / it.filtered_mask).is_file() or sources.get(it.name) != wanted[it.name]]
+    todo = [it for it in items if not records.is_done(it.name, out_root / it.filtered_mask, wanted[it.name])]
     stale = sum((out_root / it.filtered_mask).is_file() for it in todo)
     if stale:
-        log.info("%d filtered masks were made from other bytes of their image or mask; filtering them again", stale)
+        log.info("%d filtered masks were made from other bytes of their image or mask, or not finished; "
+                 "filtering them again", stale)
     skipped = len(items) - len(todo)
     bs = batch_size or segmenter.config.inference.batch_size
     written = 0
@@ -372,11 +362,11 @@ def filter_synthetic_set(
         logits = segmenter.predict_logits(np.stack([b[1] for b in batch]), bs)
         for (item, _, mask), lg in zip(batch, logits):
             filtered = filter_mask(mask, pixel_cross_entropy(lg, mask), mu, tolerance)
+            records.begin(item.name, out_root / item.filtered_mask)
             write_image(out_root / item.filtered_mask, filtered)
-            sources[item.name] = wanted[item.name]
+            records.finish(item.name, wanted[item.name])
             written += 1
         batch.clear()
-        write_json_atomic(sources_path, sources)
 
     from tisynth.segmentation.pairs import read_index_mask
 

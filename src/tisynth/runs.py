@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from tisynth.errors import TisynthError
-from tisynth.io import DataError, clean_stale_temporaries, is_temporary, write_json_atomic
+from tisynth.io import DataError, clean_stale_temporaries, is_temporary, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,13 @@ def weights_digest(weights: torch.nn.Module | Mapping[str, torch.Tensor], extra:
     return h.hexdigest()[:length]
 
 
-_FILE_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+_FILE_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
     """A hex digest of a file's bytes.
 
-    Remembered within the process per (resolved path, size, modification time), so the many
+    Remembered within the process per (resolved path, inode, size, change times), so the many
     fingerprints of one experiment read each tile once.
 
     Raises:
@@ -93,7 +93,7 @@ def file_digest(path: str | Path, length: int = 16) -> str:
     p = Path(path)
     try:
         st = p.stat()
-        key = (str(p.resolve()), st.st_size, st.st_mtime_ns, length)
+        key = (str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, length)
         known = _FILE_DIGESTS.get(key)
         if known is not None:
             return known
@@ -105,6 +105,65 @@ def file_digest(path: str | Path, length: int = 16) -> str:
         raise DataError(f"{p}: cannot read it to fingerprint its content ({err.strerror or err})") from None
     digest = _FILE_DIGESTS[key] = h.hexdigest()[:length]
     return digest
+
+
+class ItemRecords:
+    """What each item of a resumable folder was made from: ``<root>/sources/<item>.txt``.
+
+    Long stages that finish items one by one (latents, synthetic images, filtered masks) keep
+    beside each item's output the digest of the inputs it was made from. One small file per
+    item, so processes sharing the folder (sampling shards) never write the same file.
+
+    Protocol: :meth:`begin` before writing an item's output (the record says ``pending``),
+    :meth:`finish` after it. So an output of this version always has a record: a killed run
+    leaves ``pending``, and the item is made again. An output with no record at all was made by
+    an earlier version that kept none; it is taken as it is and recorded (:meth:`is_done`).
+    An output whose inputs changed is moved, untouched, to
+    ``<root>/superseded/changed-inputs/<its old record>/`` before it is made again.
+    """
+
+    DIR = "sources"
+    PENDING = "pending"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.folder = self.root / self.DIR
+
+    def _path(self, item: str) -> Path:
+        return self.folder / f"{item}.txt"
+
+    def read(self, item: str) -> str | None:
+        try:
+            return self._path(item).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise DataError(f"{self._path(item)}: cannot read the item record ({err.strerror or err})") from None
+
+    def is_done(self, item: str, output: Path, digest: str) -> bool:
+        """Whether ``output`` exists and was made from inputs with this digest (an unrecorded one is adopted)."""
+        if not output.exists():
+            return False
+        have = self.read(item)
+        if have is None:
+            self.finish(item, digest)
+            return True
+        return have == digest
+
+    def begin(self, item: str, output: Path) -> None:
+        """Mark ``item`` pending; an existing output of other inputs is set aside first."""
+        have = self.read(item)
+        if output.exists() and have is not None and have != self.PENDING:
+            aside = self.root / SUPERSEDED / "changed-inputs" / have / output.relative_to(self.root)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(output, aside)
+        self._write(item, self.PENDING)
+
+    def finish(self, item: str, digest: str) -> None:
+        self._write(item, digest)
+
+    def _write(self, item: str, text: str) -> None:
+        write_text_atomic(self._path(item), text)
 
 
 def done_file(root: str | Path, name: str = "done") -> Path:

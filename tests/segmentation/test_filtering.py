@@ -128,21 +128,26 @@ def test_filter_and_resample_drivers(tmp_path, trained, toy_tiles, registry):
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 1, "skipped": 5}
     assert not stale.exists()
     assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(Path(it.filtered_mask).name for it in items)
-    # an image sampled anew under the same name (another generator) is filtered again, the others are not
+    # an image sampled anew under the same name (another generator) is filtered again, the others are
+    # not; the mask made from the old image is kept aside
+    old_mask = (out / items[0].filtered_mask).read_bytes()
     shutil.copyfile(items[4].image, items[0].image)
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 1, "skipped": 5}
+    (kept,) = (out / "superseded" / "changed-inputs").rglob("*.png")
+    assert kept.read_bytes() == old_mask and kept.relative_to(out / "superseded" / "changed-inputs").parts[1:] == \
+        Path(items[0].filtered_mask).parts
     fresh = tmp_path / "fresh"
     filtering.filter_synthetic_set(seg, items[:1], mu, fresh, tolerance=1.25)
     assert (out / items[0].filtered_mask).read_bytes() == (fresh / items[0].filtered_mask).read_bytes()
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 0, "skipped": 6}
     # masks with no record (an earlier version kept none) are taken as they are, and recorded
-    (out / "sources.json").unlink()
+    shutil.rmtree(out / "sources")
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=1.25) == {"written": 0, "skipped": 6}
-    assert len(json.loads((out / "sources.json").read_text())) == 6
+    assert len(list((out / "sources").iterdir())) == 6
     # other settings: every mask is redone, and the earlier masks are kept aside, byte for byte
     before = {p.name: p.read_bytes() for p in (out / "masks").iterdir()}
     assert filtering.filter_synthetic_set(seg, items, mu, out, tolerance=3.0)["written"] == 6
-    (aside,) = (out / "superseded").iterdir()
+    (aside,) = [p for p in (out / "superseded").iterdir() if p.name != "changed-inputs"]
     assert {p.name: p.read_bytes() for p in (aside / "masks").iterdir()} == before
     assert json.loads((aside / "run.json").read_text())["fingerprint"]["tolerance"] == 1.25
 

@@ -164,3 +164,16 @@ def test_a_job_folder_named_by_tile_paths_is_adopted_not_retrained(tmp_path, tra
     (other / f"real_only-{path_fp}" / "run.json").write_text(json.dumps({"fingerprint": "something else"}))
     fresh = work_dir_for(other, "real_only", cfg, registry, train, val)
     assert not fresh.exists() and (other / f"real_only-{path_fp}").is_dir()
+
+
+def test_a_moved_unfinished_job_resumes_from_its_own_checkpoint_files(tmp_path):
+    from tisynth.segmentation.train import _relocate_last_checkpoint
+
+    work = tmp_path / "job"
+    work.mkdir()
+    (work / "iter_20.pth").write_bytes(b"x")
+    (work / "last_checkpoint").write_text("/where/it/was/job/iter_20.pth")
+    _relocate_last_checkpoint(work)
+    assert (work / "last_checkpoint").read_text() == str(work / "iter_20.pth")
+    _relocate_last_checkpoint(work)  # already local: unchanged
+    assert (work / "last_checkpoint").read_text() == str(work / "iter_20.pth")

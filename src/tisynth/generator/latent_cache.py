@@ -18,9 +18,11 @@ autoencoder or setting never reuses or deletes another's latents)::
 
     <root>/<fingerprint>-v<V>-<dtype>/cache.json     autoencoder config + weights fingerprint, variants
     <root>/<fingerprint>-v<V>-<dtype>/latents/<name>.safetensors   "latents": V×C×h×w (fp16 or fp32)
+    <root>/<fingerprint>-v<V>-<dtype>/sources/<name>.txt   digest of the image bytes it was encoded from
 
-Each tile's file is written atomically; a rerun skips tiles already there (resumable), and
-a cache whose ``cache.json`` belongs to other weights is refused rather than mixed.
+Each tile's file is written atomically; a rerun skips tiles already there and encoded from the
+same image bytes (resumable; a tile rewritten under its name is encoded again), and a cache
+whose ``cache.json`` belongs to other weights is refused rather than mixed.
 """
 
 from __future__ import annotations
@@ -41,11 +43,10 @@ from tisynth.errors import TisynthError
 from tisynth.generator.autoencoders import LatentAutoencoder
 from tisynth.generator.data import TileDataset, TileDatasetError, uint8_to_images
 from tisynth.io import TileSet, atomic_path, write_json_atomic
-from tisynth.runs import file_digest, weights_digest
+from tisynth.runs import ItemRecords, file_digest, weights_digest
 from tisynth.weights import read_safetensors
 
 CACHE_FILE = "cache.json"
-SOURCES_FILE = "sources.json"  # tile name -> digest of the image bytes its latents were encoded from
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 VARIANT_SETS = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
 """Dihedral variants encoded for each ``variants`` setting (see :func:`dihedral`)."""
@@ -84,7 +85,7 @@ def build_latent_cache(
     """Encode the labelled tiles of ``manifest`` (all rows given) into ``root``; returns the cache's description.
 
     Resumable: tiles whose latents exist and were encoded from the same image bytes
-    (``sources.json``) are skipped. ``variants``: 1, 2, 4 or 8 (:data:`VARIANT_SETS`).
+    (``sources/``, :class:`tisynth.runs.ItemRecords`) are skipped. ``variants``: 1, 2, 4 or 8 (:data:`VARIANT_SETS`).
     The cache lives in ``root/<autoencoder fingerprint>-v<variants>-<dtype>``: another autoencoder,
     variant count or dtype gets a new folder, and the old one is kept.
     """
@@ -107,16 +108,9 @@ def build_latent_cache(
         write_json_atomic(meta_path, meta)
     # a latent is finished work only for the image bytes it was encoded from: a tile rewritten
     # under the same name (the tiles ingested again with other settings) is encoded again
-    sources_path = folder / SOURCES_FILE
-    sources: dict[str, str] = json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}
+    records = ItemRecords(folder)
     wanted = {str(n): file_digest(tiles.path(str(i))) for n, i in zip(rows["name"], rows["image"])}
-    # latents with no record (an earlier version kept none) are taken as they are, and recorded
-    unrecorded = [n for n in wanted if n not in sources and (folder / "latents" / f"{n}.safetensors").is_file()]
-    if unrecorded:
-        sources.update({n: wanted[n] for n in unrecorded})
-        write_json_atomic(sources_path, sources)
-    todo = [n for n in wanted
-            if not (folder / "latents" / f"{n}.safetensors").is_file() or sources.get(n) != wanted[n]]
+    todo = [n for n in wanted if not records.is_done(n, folder / "latents" / f"{n}.safetensors", wanted[n])]
     by_name = rows.set_index("name")
     device = next(autoencoder.parameters(), torch.empty(0)).device
     bar = tqdm(total=len(todo) * variants, desc="latent cache", unit="latent", disable=not progress)
@@ -133,10 +127,10 @@ def build_latent_cache(
             latents = latents.view(variants, len(names), *latents.shape[1:]).transpose(0, 1)
             for name, lat in zip(names, latents):
                 out = folder / "latents" / f"{name}.safetensors"
+                records.begin(name, out)
                 with atomic_path(out) as tmp:
                     save_file({"latents": lat.to(DTYPES[dtype]).contiguous()}, str(tmp))
-                sources[name] = wanted[name]
-            write_json_atomic(sources_path, sources)
+                records.finish(name, wanted[name])
             bar.update(len(names) * variants)
     bar.close()
     return {**meta, "folder": str(folder), "tiles": int(len(rows)), "encoded_now": len(todo)}

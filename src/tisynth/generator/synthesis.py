@@ -3,8 +3,11 @@
 :func:`write_synthetic_images` is the writer that the ``synthetic_images`` catalog entry
 (an incremental :class:`~tisynth.datasets.FileTreeDataset`) runs on its folder:
 
-* each image is written atomically under its plan name, and items whose file exists are
-  skipped, so an interrupted run resumes where it stopped and never duplicates work;
+* each image is written atomically under its plan name, with a record of the inputs it was
+  sampled from (``sources/<name>.txt``, :class:`tisynth.runs.ItemRecords`); an image that exists
+  with the record of its current mask, Ref, prompt and seed is skipped, so an interrupted run
+  resumes where it stopped and never duplicates work, and a mask or Ref rewritten under its name
+  is sampled again (the old image moved to ``superseded/changed-inputs/``);
 * a fingerprint of the generator and of the sampling settings is kept beside the images
   (``run.json``, :mod:`tisynth.runs`); when either changes, the old images are stale: they are
   moved aside, never deleted, to ``superseded/<digest of their fingerprint>/`` before sampling
@@ -35,13 +38,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tisynth.io import DataError, TileSet, write_image, write_text_atomic
-from tisynth.runs import MANIFEST, RunFolder, file_digest, settings_digest, weights_digest
+from tisynth.io import DataError, TileSet, write_image
+from tisynth.runs import MANIFEST, ItemRecords, RunFolder, file_digest, settings_digest, weights_digest
 
 log = logging.getLogger(__name__)
 
 LEGACY_FINGERPRINT = "fingerprint.json"  # the manifest name before run.json
-SOURCES_DIR = "sources"  # sources/<name>.txt: digest of the mask, Ref, prompt and seed an image was sampled from
 
 
 @dataclass(frozen=True)
@@ -117,28 +119,19 @@ def write_synthetic_images(
 
     folder = Path(folder)
     RunFolder.open(folder, run_fingerprint(version, settings.sample, settings.image_format),
-                   entries=["images", SOURCES_DIR], legacy_manifest=LEGACY_FINGERPRINT)
+                   entries=["images", ItemRecords.DIR], legacy_manifest=LEGACY_FINGERPRINT)
     (folder / "images").mkdir(parents=True, exist_ok=True)
 
     mine = plan.iloc[settings.shard_index :: settings.shard_count]
     # an image is finished work only for the inputs it was sampled from: a mask or Ref rewritten
-    # under its name is sampled again. One small file per image, so shards never share a file.
+    # under its name is sampled again (tisynth.runs.ItemRecords; one small file per image)
+    records = ItemRecords(folder)
     wanted = {str(r.name): item_source(tilesets, r.mask, r.ref_domain, r.ref, r.prompt, r.seed)
               for r in mine.itertuples(index=False)}
-    sources = folder / SOURCES_DIR
-    # an image with no record was sampled by an earlier version (which kept none) or by a run
-    # stopped between the image and its record: taken as it is, and recorded
-    unrecorded = [n for n in wanted if (folder / image_path(n, settings.image_format)).exists()
-                  and not (sources / f"{n}.txt").is_file()]
-    for n in unrecorded:
-        write_text_atomic(sources / f"{n}.txt", wanted[n])
-    if unrecorded:
-        log.info("recorded the inputs of %d images that had no record", len(unrecorded))
-    done = [n for n in wanted if (folder / image_path(n, settings.image_format)).exists()
-            and _read_source(sources / f"{n}.txt") == wanted[n]]
-    stale = sum((folder / image_path(n, settings.image_format)).exists() for n in set(wanted) - set(done))
+    done = {n for n in wanted if records.is_done(n, folder / image_path(n, settings.image_format), wanted[n])}
+    stale = sum((folder / image_path(n, settings.image_format)).exists() for n in set(wanted) - done)
     if stale:
-        log.info("%d images were sampled from another mask or Ref under their name; sampling them again", stale)
+        log.info("%d images were sampled from another mask or Ref, or not finished; sampling them again", stale)
     todo = mine[~mine["name"].astype(str).isin(done)]
     if len(todo) < len(mine):
         log.info("%d of %d images already on disk; sampling the other %d", len(mine) - len(todo), len(mine), len(todo))
@@ -149,8 +142,10 @@ def write_synthetic_images(
             refs = np.stack([_tileset(tilesets, d).read_image(r) for d, r in zip(rows["ref_domain"], rows["ref"])])
             images = sample_images(model, masks, refs, list(rows["prompt"]), [int(s) for s in rows["seed"]], settings.sample)
             for name, img in zip(rows["name"], images):
-                write_image(folder / image_path(name, settings.image_format), img)
-                write_text_atomic(sources / f"{name}.txt", wanted[str(name)])
+                out = folder / image_path(name, settings.image_format)
+                records.begin(str(name), out)
+                write_image(out, img)
+                records.finish(str(name), wanted[str(name)])
             bar.update(len(rows))
     return len(todo)
 
@@ -161,12 +156,6 @@ def item_source(tilesets: Mapping[str, TileSet], mask: str, ref_domain: str, ref
     return settings_digest([file_digest(tilesets["source"].path(mask)),
                             file_digest(ref_file) if ref_file is not None else None, str(prompt), int(seed)])
 
-
-def _read_source(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
 
 
 def _tileset(tilesets: Mapping[str, TileSet], domain: str) -> TileSet:

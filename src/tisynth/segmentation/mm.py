@@ -242,8 +242,8 @@ class TisynthLocalCheckpointHook(Hook):
 
     mmengine records the best checkpoint by its absolute path and, on finding a better one,
     deletes the file at that path. When a work folder was moved or copied, the path restored on
-    resume names the old location; this hook points it at the folder's own copy before the
-    checkpoint hook reads it (it runs first: priority ``LOW`` before ``VERY_LOW``).
+    resume names the old location; this hook points it at the same name in this folder before
+    the checkpoint hook reads it (it runs first: priority ``LOW`` before ``VERY_LOW``).
     """
 
     priority = "LOW"
@@ -254,7 +254,7 @@ class TisynthLocalCheckpointHook(Hook):
         if not recorded:
             return
         here = Path(runner.work_dir) / Path(recorded).name
-        if Path(recorded) != here and here.is_file():
+        if Path(recorded) != here:  # a path into the folder this one was copied from: never touched
             hub.update_info("best_ckpt", str(here))
 
 

@@ -86,11 +86,14 @@ def job_fingerprint(*args: Any, **kwargs: Any) -> str:
 
 
 def _local(work_dir: Path, recorded: str | None) -> str | None:
-    """A checkpoint path recorded by an earlier session, moved into ``work_dir`` when the folder moved."""
+    """A checkpoint path recorded by an earlier session, taken inside ``work_dir`` (the folder may have moved).
+
+    mmengine writes every checkpoint into the work folder, so the file's name is all that counts;
+    a path into another folder (the one this was copied from) is never used.
+    """
     if not recorded:
         return recorded
-    here = work_dir / Path(recorded).name
-    return str(here) if here.is_file() else recorded
+    return str(work_dir / Path(recorded).name)
 
 
 def _relocate_last_checkpoint(work_dir: Path) -> None:
@@ -321,8 +324,15 @@ def _adopt_path_named(work_dir: Path, path_fingerprint: str) -> None:
     write_json_atomic(old / MANIFEST, {**manifest, "fingerprint": new_fp})
     done = done_file(old)
     if done.is_file():
-        record = json.loads(done.read_text(encoding="utf-8"))
+        try:
+            record = json.loads(done.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise DataError(f"{done}: not a completion record ({err})") from None
         if record.get("fingerprint") == path_fingerprint:
             write_json_atomic(done, {**record, "fingerprint": new_fp})
-    old.rename(work_dir)
+    try:
+        old.rename(work_dir)
+    except OSError:
+        if not work_dir.is_dir():  # another process of the same experiment renamed it first
+            raise
     log.info("%s: the job's folder of an earlier version (named by tile paths) renamed to %s", old.name, work_dir.name)
