@@ -329,9 +329,9 @@ def filter_synthetic_set(
 
     Files that exist are skipped when ``out_root`` was filtered with the same segmenter,
     reference losses and tolerance (its ``run.json``, :mod:`tisynth.runs`) and from the same
-    bytes of the item's image and mask (``out_root/sources/``, :class:`tisynth.runs.ItemRecords`); otherwise the earlier masks
-    are moved, untouched, to ``out_root/superseded/`` (all of them for other settings, one by
-    one for changed inputs). Each file is written atomically.
+    bytes of the item's image and mask (``out_root/sources/``, :class:`tisynth.runs.ItemRecords`);
+    otherwise the earlier masks are moved, untouched, to ``out_root/superseded/`` (all of them
+    for other settings, one by one for changed inputs). Each file is written atomically.
 
     Returns:
         ``{"written": n, "skipped": m}``.

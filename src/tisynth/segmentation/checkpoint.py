@@ -72,6 +72,15 @@ def trusted_globals() -> list[Any]:
     ]
 
 
+def local_checkpoint(work_dir: str | Path, recorded: str) -> str:
+    """A checkpoint path recorded by an earlier session, taken inside ``work_dir``.
+
+    mmengine writes every checkpoint into the work folder, so the file's name is all that counts:
+    a folder that was moved or copied never reads (or lets mmengine delete) the original's files.
+    """
+    return str(Path(work_dir) / Path(recorded).name)
+
+
 def load_checkpoint_file(filename: str | Path, map_location: Any = None) -> Any:
     """``torch.load(weights_only=True)`` with mmengine's checkpoint classes allowlisted.
 

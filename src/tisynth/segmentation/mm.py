@@ -41,7 +41,7 @@ import tisynth.segmentation.backbones  # noqa: F401  (registers EfficientNetLite
 from tisynth.classes import IGNORE_INDEX
 from tisynth.io import DataError, read_image
 from tisynth.segmentation import tracking
-from tisynth.segmentation.checkpoint import register_safe_checkpoint_loader
+from tisynth.segmentation.checkpoint import local_checkpoint, register_safe_checkpoint_loader
 from tisynth.segmentation.metrics import confusion_matrix, metrics_from_confusion
 from tisynth.segmentation.pairs import read_index_mask, read_pairs
 
@@ -253,9 +253,9 @@ class TisynthLocalCheckpointHook(Hook):
         recorded = hub.get_info("best_ckpt")
         if not recorded:
             return
-        here = Path(runner.work_dir) / Path(recorded).name
-        if Path(recorded) != here:  # a path into the folder this one was copied from: never touched
-            hub.update_info("best_ckpt", str(here))
+        here = local_checkpoint(runner.work_dir, recorded)
+        if recorded != here:  # a path into the folder this one was copied from: never touched
+            hub.update_info("best_ckpt", here)
 
 
 @HOOKS.register_module(force=True)

@@ -40,6 +40,7 @@ from tisynth.segmentation.config import (
     build_runner_config,
     fingerprint,
 )
+from tisynth.segmentation.checkpoint import local_checkpoint
 from tisynth.segmentation.pairs import Pair, check_pairs, write_pairs
 from tisynth.segmentation.segmenter import Segmenter, build_model, quiet_warnings, resolve_device, torch_threads
 
@@ -85,23 +86,12 @@ def job_fingerprint(*args: Any, **kwargs: Any) -> str:
     return fingerprint(content_spec(job_spec(*args, **kwargs)))
 
 
-def _local(work_dir: Path, recorded: str | None) -> str | None:
-    """A checkpoint path recorded by an earlier session, taken inside ``work_dir`` (the folder may have moved).
-
-    mmengine writes every checkpoint into the work folder, so the file's name is all that counts;
-    a path into another folder (the one this was copied from) is never used.
-    """
-    if not recorded:
-        return recorded
-    return str(work_dir / Path(recorded).name)
-
-
 def _relocate_last_checkpoint(work_dir: Path) -> None:
     """Point mmengine's ``last_checkpoint`` at this folder's copy of the file it names."""
     marker = work_dir / "last_checkpoint"
     if marker.is_file():
         recorded = marker.read_text(encoding="utf-8").strip()
-        local = _local(work_dir, recorded)
+        local = local_checkpoint(work_dir, recorded) if recorded else recorded
         if local != recorded:
             write_text_atomic(marker, local)
 
@@ -216,7 +206,7 @@ def train_segmenter(
     done = run.done()
     if done is not None:
         log.info("[%s] already trained in %s; loading %s", label, work_dir, Path(done["checkpoint"]).name)
-        checkpoint = _local(work_dir, done["checkpoint"])
+        checkpoint = local_checkpoint(work_dir, done["checkpoint"])
         model = _load_selected(work_dir, checkpoint, model_config)
         info = {**done, "work_dir": str(work_dir), "checkpoint": checkpoint, "reloaded": True}
         return Segmenter(model, model_config, registry, config, info, device)
@@ -251,7 +241,7 @@ def train_segmenter(
             resumed_from = progress[0].start_iter
         best = runner.message_hub.get_info("best_ckpt") if val_pairs else None
         last = (work_dir / "last_checkpoint").read_text(encoding="utf-8").strip()
-    checkpoint = _local(work_dir, str(best or last))
+    checkpoint = local_checkpoint(work_dir, str(best or last))
     history = _read_history(work_dir)
     best_rec = max(history, key=lambda r: r.get("mIoU", float("-inf"))) if history else None
     info = {
