@@ -3,7 +3,8 @@
 One more command is not a pipeline run: ``python -m tisynth import-checkpoint CHECKPOINT OUT_DIR
 --classes TABLE`` imports the authors' TISynth checkpoint (:mod:`tisynth.generator.ldm_import`);
 ``python -m tisynth sensor-shift SOURCE OUT`` makes a sensor-shift target domain
-(:mod:`tisynth.ingest.sensor_shift`).
+(:mod:`tisynth.ingest.sensor_shift`); ``python -m tisynth restyle SRC REFS OUT --method fda|histmatch``
+restyles labelled source images towards target Refs without a generator (:mod:`tisynth.restyle`).
 """
 
 import sys
@@ -13,7 +14,8 @@ from typing import Any
 from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
-COMMANDS = {"import-checkpoint": "tisynth.generator.ldm_import", "sensor-shift": "tisynth.ingest.sensor_shift"}
+COMMANDS = {"import-checkpoint": "tisynth.generator.ldm_import", "sensor-shift": "tisynth.ingest.sensor_shift",
+            "restyle": "tisynth.restyle"}
 """Sub-commands that are not ``kedro run``: name -> module with ``main(argv) -> exit code``."""
 
 
