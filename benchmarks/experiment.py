@@ -8,9 +8,13 @@ checkpoints selected on val and every evaluation set touched once per model:
 (a) ``real``: real tiles only; (b) ``tisynth``: + the filtered TISynth set; (c) ``maskonly``:
 + the same plan sampled by the generator before its Ref stage (mask and text only: no Ref, no
 AIA), filtered by the same rule; (d) ``tisynth_unfiltered``: + every TISynth image with its
-mask as it is. Seeds are paired: variant (x) and (a) of one seed share the seed, the model's
-initialisation and the crop stream's seed; the report gives each gain over (a) per seed, its
-mean, and the 95 % paired-t interval of that mean over seeds.
+mask as it is; (e) ``fda`` and (f) ``histmatch``: + the plan's source tiles restyled without a
+generator (:mod:`tisynth.restyle`: Fourier Domain Adaptation, β ``--fda-beta``, or per-band
+histogram matching), each towards its plan row's Ref, with its mask unchanged: as many pairs
+as the plan (as (d)), mixed as (b), so only the way the image is made differs. Seeds are
+paired: variant (x) and (a) of one seed share the seed, the model's initialisation and the
+crop stream's seed; the report gives each gain over (a) per seed, its mean, and the 95 %
+paired-t interval of that mean over seeds.
 
 The settings of docs/results.md §4c are parameter overrides (``--set dotted.key=YAML``):
 
@@ -23,6 +27,9 @@ The settings of docs/results.md §4c are parameter overrides (``--set dotted.key
     python -m tisynth sensor-shift <gid5> <shift> --config conf/sensor_shift.yml
     python benchmarks/experiment.py --data <shift>/source --taef2 <taef2> --workspace <ws3> \\
         --set target.root=<shift>/target --variants real tisynth
+    # the restyling baselines on the same plan (no generator needed: phase restyle, then segment)
+    python benchmarks/experiment.py --data <shift>/source --taef2 <taef2> --workspace <ws3> \\
+        --set target.root=<shift>/target --variants real fda histmatch --phases restyle segment report
 
 Everything resumes and nothing is redone: generator checkpoints, synthetic images, filtered
 masks and segmenter work folders are reused by a rerun with the same settings, so the work can
@@ -56,8 +63,12 @@ VARIANTS = {
     "tisynth": "(b) + TISynth, filtered",
     "maskonly": "(c) + mask-only generator (no Ref, no AIA), filtered",
     "tisynth_unfiltered": "(d) + TISynth, unfiltered",
+    "fda": "(e) + source tiles restyled by FDA towards the plan's Refs",
+    "histmatch": "(f) + source tiles histogram-matched to the plan's Refs",
 }
-PHASES = ("synthesize", "maskonly", "segment", "report")
+RESTYLED = ("fda", "histmatch")
+"""Variants made without a generator (:mod:`tisynth.restyle`): they need the synthesis plan only."""
+PHASES = ("synthesize", "maskonly", "restyle", "segment", "report")
 MAIN_METRICS = ("OA", "mIoU", "mAcc")
 
 
@@ -151,6 +162,29 @@ def mask_only_set(catalog: Any, ctx_params: dict[str, Any], folder: Path) -> pd.
     log.info("mask-only synthetic (mode %s): kept %d of %d pairs", mode, int(summary["kept_pairs"]),
              int(summary["synthetic_pairs"]))
     return kept
+
+
+def restyled_folder(workspace: Path, method: str, beta: float) -> Path:
+    """Where variant ``method`` keeps its restyled images (one folder per FDA β)."""
+    name = f"fda-beta{beta:g}" if method == "fda" else method
+    return workspace / "data" / "07_model_output" / "restyle" / name
+
+
+def restyled_set(catalog: Any, method: str, folder: Path, beta: float) -> tuple[list[Any], pd.DataFrame]:
+    """(e) / (f): every synthesis-plan row's source tile restyled towards the row's own Ref.
+
+    The same masks and Refs as TISynth's pairs (:func:`tisynth.restyle.restyle_plan`, resumable
+    in ``folder``), each image paired with its tile mask as it is. Returns the pairs and the
+    manifest (``image`` relative to ``folder``, ``mask`` relative to the tiles).
+    """
+    from tisynth.restyle import restyle_plan
+    from tisynth.segmentation.pairs import Pair
+
+    plan, tiles, target = catalog.load("synthesis_plan"), catalog.load("tiles"), catalog.load("target_tiles")
+    made = restyle_plan(plan, tiles, {"source": tiles, "target": target}, folder, method, beta)
+    pairs = [Pair(str(folder / i), str(tiles.path(m))) for i, m in zip(made["image"], made["mask"])]
+    log.info("%s: %d restyled source tiles in %s", method, len(pairs), folder)
+    return pairs, made
 
 
 def reading(segmenter: Any, images: list[np.ndarray], masks: list[np.ndarray], k: int) -> dict[str, float]:
@@ -260,8 +294,10 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES,
-                   help="synthesize: the Kedro pipeline (resumes); maskonly: sample + filter (c); segment: train "
-                        "the missing segmenters; report: gather every finished one")
+                   help="synthesize: the Kedro pipeline (resumes); maskonly: sample + filter (c); restyle: the "
+                        "restyled tiles of (e) / (f) (resumes); segment: train the missing segmenters; report: "
+                        "gather every finished one")
+    p.add_argument("--fda-beta", type=float, default=0.01, help="FDA's low band for (e) (default: the paper's 0.01)")
     p.add_argument("--reading-items", type=int, default=48, help="synthetic images per set read by the real-only segmenter")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -280,10 +316,14 @@ def main() -> int:
     timings_file = out / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
 
-    generative = [v for v in args.variants if v != "real"]
-    if "synthesize" in args.phases:  # real only needs the tiles alone
-        pipelines = ["synthesize"] if generative else ["ingest"]
-        timings[pipelines[0]] = timings.get(pipelines[0], 0.0) + run_pipelines(workspace, params, pipelines)
+    generative = [v for v in args.variants if v not in ("real", *RESTYLED)]
+    if "synthesize" in args.phases:  # real only needs the tiles alone, restyling the synthesis plan
+        if generative:
+            pipelines = ["synthesize"]
+        else:
+            pipelines = ["ingest", "references"] if set(args.variants) & set(RESTYLED) else ["ingest"]
+        key = "+".join(pipelines)
+        timings[key] = timings.get(key, 0.0) + run_pipelines(workspace, params, pipelines)
 
     from tisynth.io import TileSet
     from tisynth.segmentation.experiment import AUGMENTED, BASELINE, run_comparison
@@ -313,6 +353,14 @@ def main() -> int:
             synthetic_sets["maskonly"] = synthetic_pairs_from_manifest(
                 kept, TileSet(mask_only_folder / "synthetic"), TileSet(mask_only_folder / "filtered"))
             generators["maskonly"] = (TileSet(mask_only_folder / "synthetic"), kept)
+        for method in [v for v in args.variants if v in RESTYLED]:
+            folder = restyled_folder(workspace, method, args.fda_beta)
+            if "restyle" in args.phases or folder.is_dir():
+                t0 = time.time()
+                synthetic_sets[method], made = restyled_set(catalog, method, folder, args.fda_beta)
+                generators[method] = (TileSet(folder), made)
+                if "restyle" in args.phases:
+                    timings[f"restyle {method}"] = timings.get(f"restyle {method}", 0.0) + time.time() - t0
         k = registry.num_classes
         train = pairs_from_manifest(manifest, tiles, "train")
         val = pairs_from_manifest(manifest, tiles, "val")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -259,6 +260,36 @@ def test_a_plan_is_restyled_row_by_row_towards_its_own_refs(tmp_path):
         rs.restyle_plan(pd.concat([plan, plan.head(1)]), tiles, {"target": target}, tmp_path / "other", "fda",
                         progress=False)
     assert not (tmp_path / "other").exists()
+
+
+def load_experiment():
+    spec = importlib.util.spec_from_file_location("experiment_script", REPO / "benchmarks" / "experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeCatalog:
+    def __init__(self, items):
+        self.items = items
+
+    def load(self, name):
+        return self.items[name]
+
+
+def test_the_experiments_restyled_variants_pair_each_plan_row_with_its_unchanged_mask(tmp_path):
+    experiment = load_experiment()
+    assert set(experiment.RESTYLED) <= set(experiment.VARIANTS) and "restyle" in experiment.PHASES
+    plan, tiles, target = tiny_plan(tmp_path)
+    catalog = FakeCatalog({"synthesis_plan": plan, "tiles": tiles, "target_tiles": target})
+    for method in experiment.RESTYLED:
+        folder = experiment.restyled_folder(tmp_path / "ws", method, 0.01)
+        pairs, made = experiment.restyled_set(catalog, method, folder, 0.01)
+        assert len(pairs) == len(plan)  # as many extra pairs as TISynth's plan
+        assert [p.mask for p in pairs] == [str(tiles.path(m)) for m in plan["mask"]]
+        assert all(Path(p.image).is_file() and Path(p.image).is_relative_to(folder) for p in pairs)
+        assert len(set(made["image"])) == len(plan)
+    assert experiment.restyled_folder(tmp_path, "fda", 0.05) != experiment.restyled_folder(tmp_path, "fda", 0.01)
 
 
 # ---------------------------------------------------------------------- the command
