@@ -10,11 +10,14 @@ checkpoints selected on val and every evaluation set touched once per model:
 AIA), filtered by the same rule; (d) ``tisynth_unfiltered``: + every TISynth image with its
 mask as it is; (e) ``fda`` and (f) ``histmatch``: + the plan's source tiles restyled without a
 generator (:mod:`tisynth.restyle`: Fourier Domain Adaptation, β ``--fda-beta``, or per-band
-histogram matching), each towards its plan row's Ref, with its mask unchanged: as many pairs
-as the plan (as (d)), mixed as (b), so only the way the image is made differs. Seeds are
-paired: variant (x) and (a) of one seed share the seed, the model's initialisation and the
-crop stream's seed; the report gives each gain over (a) per seed, its mean, and the 95 %
-paired-t interval of that mean over seeds.
+histogram matching), each towards its plan row's Ref, with its mask unchanged (the image's
+content is the real tile, so no pixel is filtered out). By default (``--restyle-pairs kept``)
+they take exactly the plan rows whose TISynth image (b)'s filter kept: the same masks, Refs and
+number of pairs as (b), mixed as (b), so only the way the image is made differs (the filter must
+have run: the synthesize phase); ``--restyle-pairs all`` takes every plan row instead, as many
+pairs as (d). Seeds are paired: variant (x) and (a) of one seed share the seed, the model's
+initialisation and the crop stream's seed; the report gives each gain over (a) per seed, its
+mean, and the 95 % paired-t interval of that mean over seeds.
 
 The settings of docs/results.md §4c are parameter overrides (``--set dotted.key=YAML``):
 
@@ -27,7 +30,8 @@ The settings of docs/results.md §4c are parameter overrides (``--set dotted.key
     python -m tisynth sensor-shift <gid5> <shift> --config conf/sensor_shift.yml
     python benchmarks/experiment.py --data <shift>/source --taef2 <taef2> --workspace <ws3> \\
         --set target.root=<shift>/target --variants real tisynth
-    # the restyling baselines on the same plan (no generator needed: phase restyle, then segment)
+    # the restyling baselines on the plan rows (b)'s filter kept (after the run above; with
+    # --restyle-pairs all, on every plan row, which needs no generator)
     python benchmarks/experiment.py --data <shift>/source --taef2 <taef2> --workspace <ws3> \\
         --set target.root=<shift>/target --variants real fda histmatch --phases restyle segment report
 
@@ -63,11 +67,22 @@ VARIANTS = {
     "tisynth": "(b) + TISynth, filtered",
     "maskonly": "(c) + mask-only generator (no Ref, no AIA), filtered",
     "tisynth_unfiltered": "(d) + TISynth, unfiltered",
-    "fda": "(e) + source tiles restyled by FDA towards the plan's Refs",
-    "histmatch": "(f) + source tiles histogram-matched to the plan's Refs",
+    "fda": "(e) + source tiles restyled by FDA, the rows (b)'s filter kept",
+    "histmatch": "(f) + source tiles histogram-matched, the rows (b)'s filter kept",
 }
 RESTYLED = ("fda", "histmatch")
-"""Variants made without a generator (:mod:`tisynth.restyle`): they need the synthesis plan only."""
+"""Variants made without a generator (:mod:`tisynth.restyle`): from the synthesis plan's rows, by
+default the rows (b)'s filter kept (``--restyle-pairs``, :data:`RESTYLE_PAIRS`)."""
+RESTYLE_PAIRS = ("kept", "all")
+"""Which plan rows the restyled variants use: ``kept``, the rows whose TISynth image the filter
+kept (as many pairs as (b)); ``all``, every plan row (as many as (d))."""
+
+
+def restyled_labels(pairs: str) -> dict[str, str]:
+    """The report's names of (e) and (f) for ``--restyle-pairs`` ``pairs``."""
+    rows = "the rows (b)'s filter kept" if pairs == "kept" else "every plan row"
+    return {"fda": f"(e) + source tiles restyled by FDA, {rows}",
+            "histmatch": f"(f) + source tiles histogram-matched, {rows}"}
 PHASES = ("synthesize", "maskonly", "restyle", "segment", "report")
 MAIN_METRICS = ("OA", "mIoU", "mAcc")
 
@@ -170,21 +185,66 @@ def restyled_folder(workspace: Path, method: str, beta: float) -> Path:
     return workspace / "data" / "07_model_output" / "restyle" / name
 
 
-def restyled_set(catalog: Any, method: str, folder: Path, beta: float) -> tuple[list[Any], pd.DataFrame]:
-    """(e) / (f): every synthesis-plan row's source tile restyled towards the row's own Ref.
+def kept_plan_rows(plan: pd.DataFrame, filtered_manifest: pd.DataFrame) -> pd.DataFrame:
+    """The synthesis-plan rows whose TISynth image the filter kept, in the filtered manifest's order.
 
-    The same masks and Refs as TISynth's pairs (:func:`tisynth.restyle.restyle_plan`, resumable
-    in ``folder``), each image paired with its tile mask as it is. Returns the pairs and the
-    manifest (``image`` relative to ``folder``, ``mask`` relative to the tiles).
+    These are the rows of (b)'s pairs (:func:`tisynth.segmentation.pairs.synthetic_pairs_from_manifest`):
+    the same masks, Refs and count. A kept row the plan lacks, or one whose mask or Ref differs
+    from the plan's, means the filter ran on another plan: refused.
+    """
+    for what, frame, need in (("filtered_manifest", filtered_manifest, ("name", "kept")),
+                              ("synthesis_plan", plan, ("name",))):
+        missing = [c for c in need if c not in frame.columns]
+        if missing:
+            raise SystemExit(f"{what}: missing column(s) {missing}")
+    kept = filtered_manifest[filtered_manifest["kept"].astype(bool)]
+    if kept.empty:
+        raise SystemExit("filtered_manifest: the filter kept no pairs, so the restyled variants have no rows "
+                         "(--restyle-pairs all takes every plan row)")
+    by_name = plan.set_index(plan["name"].astype(str), drop=False)
+    names = kept["name"].astype(str).tolist()
+    absent = [n for n in names if n not in by_name.index]
+    if absent:
+        raise SystemExit(f"filtered_manifest: {len(absent)} kept row(s) not in the synthesis plan (e.g. {absent[:3]}); "
+                         "the filter ran on another plan: run the synthesize phase again")
+    rows = by_name.loc[names].reset_index(drop=True)
+    for col in ("mask", "ref"):
+        if col in kept.columns and col in rows.columns:
+            differ = kept[col].astype(str).to_numpy() != rows[col].astype(str).to_numpy()
+            if differ.any():
+                raise SystemExit(f"filtered_manifest: {int(differ.sum())} kept row(s) with another {col} than the "
+                                 "synthesis plan's; the filter ran on another plan: run the synthesize phase again")
+    return rows
+
+
+def restyled_set(catalog: Any, method: str, folder: Path, beta: float,
+                 pairs: str = "kept") -> tuple[list[Any], pd.DataFrame]:
+    """(e) / (f): synthesis-plan rows' source tiles restyled towards each row's own Ref.
+
+    ``pairs`` ``kept`` (default): the rows whose TISynth image the filter kept
+    (:func:`kept_plan_rows` of ``filtered_manifest``), so the same masks, Refs and count as (b);
+    ``all``: every plan row, as (d). Images are made by :func:`tisynth.restyle.restyle_plan`
+    (resumable in ``folder``; one image per plan row, so both choices share the folder), each
+    paired with its tile mask as it is: the image's content is the real tile, so no pixel is
+    filtered out. Returns the pairs and the manifest (``image`` relative to ``folder``, ``mask``
+    relative to the tiles).
     """
     from tisynth.restyle import restyle_plan
     from tisynth.segmentation.pairs import Pair
 
+    if pairs not in RESTYLE_PAIRS:
+        raise SystemExit(f"--restyle-pairs: {pairs!r}, expected one of {RESTYLE_PAIRS}")
     plan, tiles, target = catalog.load("synthesis_plan"), catalog.load("tiles"), catalog.load("target_tiles")
+    if pairs == "kept":
+        if not catalog.exists("filtered_manifest"):
+            raise SystemExit(f"{method}: --restyle-pairs kept takes the plan rows that TISynth's filter kept, and "
+                             "the filtered manifest does not exist yet (the filter has not run): run the synthesize "
+                             "phase first (e.g. --variants tisynth --phases synthesize), or use --restyle-pairs all")
+        plan = kept_plan_rows(plan, catalog.load("filtered_manifest"))
     made = restyle_plan(plan, tiles, {"source": tiles, "target": target}, folder, method, beta)
-    pairs = [Pair(str(folder / i), str(tiles.path(m))) for i, m in zip(made["image"], made["mask"])]
-    log.info("%s: %d restyled source tiles in %s", method, len(pairs), folder)
-    return pairs, made
+    out = [Pair(str(folder / i), str(tiles.path(m))) for i, m in zip(made["image"], made["mask"])]
+    log.info("%s: %d restyled source tiles (%s plan rows) in %s", method, len(out), pairs, folder)
+    return out, made
 
 
 def reading(segmenter: Any, images: list[np.ndarray], masks: list[np.ndarray], k: int) -> dict[str, float]:
@@ -285,7 +345,7 @@ def plot_gains(gains: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="dataset folder (images/, masks/, classes.csv, split.csv)")
     p.add_argument("--workspace", required=True, help="folder for this experiment's data, models and results")
@@ -298,9 +358,17 @@ def main() -> int:
                         "restyled tiles of (e) / (f) (resumes); segment: train the missing segmenters; report: "
                         "gather every finished one")
     p.add_argument("--fda-beta", type=float, default=0.01, help="FDA's low band for (e) (default: the paper's 0.01)")
+    p.add_argument("--restyle-pairs", choices=RESTYLE_PAIRS, default="kept",
+                   help="plan rows of (e) / (f): kept, those whose TISynth image the filter kept (as (b); needs "
+                        "the synthesize phase's filter); all, every plan row (as (d)) (default %(default)s)")
     p.add_argument("--reading-items", type=int, default=48, help="synthetic images per set read by the real-only segmenter")
-    args = p.parse_args()
+    return p
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    VARIANTS.update(restyled_labels(args.restyle_pairs))
     workspace = Path(args.workspace).resolve()
     out = workspace / "results"
     params = base_params(args.data, args.taef2, args.overrides)
@@ -317,11 +385,13 @@ def main() -> int:
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
 
     generative = [v for v in args.variants if v not in ("real", *RESTYLED)]
-    if "synthesize" in args.phases:  # real only needs the tiles alone, restyling the synthesis plan
-        if generative:
+    restyled = set(args.variants) & set(RESTYLED)
+    # real needs the tiles only, restyling every plan row the plan, restyling the kept rows the filter
+    if "synthesize" in args.phases:
+        if generative or (restyled and args.restyle_pairs == "kept"):
             pipelines = ["synthesize"]
         else:
-            pipelines = ["ingest", "references"] if set(args.variants) & set(RESTYLED) else ["ingest"]
+            pipelines = ["ingest", "references"] if restyled else ["ingest"]
         key = "+".join(pipelines)
         timings[key] = timings.get(key, 0.0) + run_pipelines(workspace, params, pipelines)
 
@@ -357,7 +427,8 @@ def main() -> int:
             folder = restyled_folder(workspace, method, args.fda_beta)
             if "restyle" in args.phases or folder.is_dir():
                 t0 = time.time()
-                synthetic_sets[method], made = restyled_set(catalog, method, folder, args.fda_beta)
+                synthetic_sets[method], made = restyled_set(catalog, method, folder, args.fda_beta,
+                                                            args.restyle_pairs)
                 generators[method] = (TileSet(folder), made)
                 if "restyle" in args.phases:
                     timings[f"restyle {method}"] = timings.get(f"restyle {method}", 0.0) + time.time() - t0
@@ -410,6 +481,11 @@ def main() -> int:
                         [tiles.read_mask(m) for m in sub["mask"]], k)
             extras.append(f"| images of {name} ({len(sub)} of {len(made)}) | {len(synthetic_sets[name])} kept | "
                           f"{_pct(r['mIoU'])} | {_pct(r['OA'])} | {_pct(r['dominant_acc'])} |")
+        if set(generators) & set(RESTYLED):
+            extras += ["", f"Restyled sets ({', '.join(v for v in RESTYLED if v in generators)}): "
+                       + ("the plan rows whose TISynth image the filter kept (--restyle-pairs kept)"
+                          if args.restyle_pairs == "kept" else "every plan row (--restyle-pairs all)")
+                       + ", masks unchanged."]
         extras += ["", "Timings (min): " + ", ".join(f"{n} {v / 60:.1f}" for n, v in timings.items()), ""]
 
     results = pd.concat(rows, ignore_index=True)

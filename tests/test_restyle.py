@@ -276,20 +276,90 @@ class FakeCatalog:
     def load(self, name):
         return self.items[name]
 
+    def exists(self, name):
+        return name in self.items
 
-def test_the_experiments_restyled_variants_pair_each_plan_row_with_its_unchanged_mask(tmp_path):
+
+def filtered_manifest_of(plan: pd.DataFrame, kept: list[bool]) -> pd.DataFrame:
+    """A filtered manifest as the filter writes it: the plan's rows, their images and the decision."""
+    manifest = plan.copy()
+    manifest["image"] = [f"{n}.png" for n in plan["name"]]
+    manifest["filtered_mask"] = [f"{n}.png" for n in plan["name"]]
+    manifest["kept_fraction"] = [0.9 if k else 0.3 for k in kept]
+    manifest["has_hard_class"] = False
+    manifest["kept"] = kept
+    return manifest
+
+
+def test_the_restyled_variants_take_the_rows_tisynths_filter_kept_by_default(tmp_path, monkeypatch):
+    from tisynth.segmentation.pairs import synthetic_pairs_from_manifest
+
     experiment = load_experiment()
     assert set(experiment.RESTYLED) <= set(experiment.VARIANTS) and "restyle" in experiment.PHASES
+    assert experiment.build_parser().parse_args(["--data", "d", "--workspace", "w"]).restyle_pairs == "kept"
+    assert {v: experiment.VARIANTS[v] for v in experiment.RESTYLED} == experiment.restyled_labels("kept")
     plan, tiles, target = tiny_plan(tmp_path)
-    catalog = FakeCatalog({"synthesis_plan": plan, "tiles": tiles, "target_tiles": target})
+    # rows 0 and 3 share a mask (s0) with other Refs; row 3 is kept and row 0 is not: the choice is by row
+    filtered = filtered_manifest_of(plan, [False, True, True, True])
+    filtered = filtered.iloc[[3, 0, 2, 1]].reset_index(drop=True)  # the manifest's order is the one kept
+    tisynth = filtered[filtered["kept"]]
+    tisynth_pairs = synthetic_pairs_from_manifest(filtered, tmp_path / "synthetic", tmp_path / "filtered")
+    catalog = FakeCatalog({"synthesis_plan": plan, "tiles": tiles, "target_tiles": target,
+                           "filtered_manifest": filtered})
+    calls = []
+    real = rs.restyle
+    monkeypatch.setattr(rs, "restyle", lambda *a, **k: calls.append(1) or real(*a, **k))
     for method in experiment.RESTYLED:
         folder = experiment.restyled_folder(tmp_path / "ws", method, 0.01)
         pairs, made = experiment.restyled_set(catalog, method, folder, 0.01)
-        assert len(pairs) == len(plan)  # as many extra pairs as TISynth's plan
+        assert len(pairs) == len(tisynth_pairs) == 3 < len(plan)  # as many extra pairs as (b)
+        assert list(made["name"]) == list(tisynth["name"])  # the very rows (b) trains on, in its order
+        assert list(made["mask"]) == list(tisynth["mask"]) and list(made["ref"]) == list(tisynth["ref"])
+        assert [p.mask for p in pairs] == [str(tiles.path(m)) for m in tisynth["mask"]]  # the tile masks, whole
+        assert sorted(p.name for p in (folder / "images").iterdir()) == sorted(f"{n}.png" for n in tisynth["name"])
+        for (_, row), pair in zip(tisynth.iterrows(), pairs):
+            expected = real(tiles.read_image(row["image_of_mask"]), target.read_image(row["ref"]), method, 0.01)
+            assert np.array_equal(read_image(pair.image), expected)
+    assert len(calls) == 2 * 3  # only the kept rows were restyled
+
+    # every plan row: the old set, comparable with (d); the kept rows' images are reused
+    assert experiment.restyled_labels("all") != experiment.restyled_labels("kept")
+    calls.clear()
+    for method in experiment.RESTYLED:
+        folder = experiment.restyled_folder(tmp_path / "ws", method, 0.01)
+        pairs, made = experiment.restyled_set(catalog, method, folder, 0.01, pairs="all")
+        assert list(made["name"]) == list(plan["name"])
         assert [p.mask for p in pairs] == [str(tiles.path(m)) for m in plan["mask"]]
         assert all(Path(p.image).is_file() and Path(p.image).is_relative_to(folder) for p in pairs)
         assert len(set(made["image"])) == len(plan)
+    assert len(calls) == 2 * (len(plan) - 3)  # only the rows the filter dropped were still to make
     assert experiment.restyled_folder(tmp_path, "fda", 0.05) != experiment.restyled_folder(tmp_path, "fda", 0.01)
+
+
+def test_the_kept_rows_need_the_filters_manifest_of_the_same_plan(tmp_path):
+    experiment = load_experiment()
+    plan, tiles, target = tiny_plan(tmp_path)
+    items = {"synthesis_plan": plan, "tiles": tiles, "target_tiles": target}
+    folder = tmp_path / "ws" / "fda"
+    with pytest.raises(SystemExit, match="run the synthesize phase first"):
+        experiment.restyled_set(FakeCatalog(items), "fda", folder, 0.01)
+    assert not folder.exists()
+    pairs, _ = experiment.restyled_set(FakeCatalog(items), "fda", folder, 0.01, pairs="all")  # needs no filter
+    assert len(pairs) == len(plan)
+    with pytest.raises(SystemExit, match="restyle-pairs"):
+        experiment.restyled_set(FakeCatalog(items), "fda", folder, 0.01, pairs="some")
+    other = plan.copy()
+    other.loc[1, "name"] = "s1__g0__0"  # the filter ran on another plan
+    with pytest.raises(SystemExit, match="another plan"):
+        experiment.kept_plan_rows(plan, filtered_manifest_of(other, [True, True, False, False]))
+    other = plan.copy()
+    other.loc[1, "ref"] = "images/g0.png"
+    with pytest.raises(SystemExit, match="another ref"):
+        experiment.kept_plan_rows(plan, filtered_manifest_of(other, [True, True, False, False]))
+    with pytest.raises(SystemExit, match="kept no pairs"):
+        experiment.kept_plan_rows(plan, filtered_manifest_of(plan, [False] * len(plan)))
+    kept = experiment.kept_plan_rows(plan, filtered_manifest_of(plan, [True, False, False, True]))
+    assert list(kept["name"]) == list(plan["name"].iloc[[0, 3]]) and list(kept.columns) == list(plan.columns)
 
 
 # ---------------------------------------------------------------------- the command
