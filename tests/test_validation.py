@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 import pytest
 from kedro.config import OmegaConfigLoader
 
 from tests.conftest import REPO
+from tisynth.io import write_image
 from tisynth.params import check_keys
 from tisynth.validation import ParameterError, blocks_of, load_defaults, validate_parameters
 
@@ -17,7 +20,7 @@ DEFAULTS = load_defaults(REPO / "conf" / "base")
 
 def _params(env: str) -> dict:
     loader = OmegaConfigLoader(conf_source=str(REPO / "conf"), base_env="base", default_run_env=env,
-                               runtime_params={"dataset": {"root": "x"}})
+                               runtime_params={"dataset": {"root": "x"}}, merge_strategy={"parameters": "soft"})
     return loader["parameters"]
 
 
@@ -55,6 +58,15 @@ def _with(params: dict, path: str, value) -> dict:
     ("segment.eval_sets", {"test": ["test"]}, "segment.eval_sets: a mapping"),
     ("segment.mix.mode", "half", "mix.mode: 'half' is not one of"),
     ("filter.work_root", "elsewhere", r"filter.*work_root"),  # moved to the shared segmenter_work_root
+    ("train_generator.style_pairs.family.gamma", [1.5, 0.7], r"train_generator\.style_pairs\.family\.gamma: .* not a valid interval"),
+    ("train_generator.style_pairs.family.haze", [0.1], r"train_generator\.style_pairs\.family\.haze: expected an interval"),
+    ("train_generator.style_pairs.family.gama", [0.8, 1.2], r"did you mean train_generator.style_pairs.family.gamma"),
+    ("train_generator.style_pairs.k", 0, r"train_generator\.style_pairs\.k must be an integer >= 1"),
+    ("train_generator.style_pairs.set_size", 1, r"train_generator\.style_pairs\.set_size"),
+    ("train_generator.unlabeled.repeat", 0, r"train_generator\.unlabeled\.repeat"),
+    ("generator.style_conditioning", "local", "style_conditioning must be"),
+    ("ref_steering.seed_items", 100, r"ref_steering\.seed_items"),
+    ("ref_steering.maskz", 3, "did you mean ref_steering.masks"),
 ])
 def test_typos_and_bad_values_are_refused_with_their_path(path, value, message):
     with pytest.raises(ParameterError, match=message):
@@ -80,3 +92,17 @@ def test_check_keys_walks_nested_mappings():
     check_keys({"a": {"b": 2, "free": {"anything": 1}}}, known, "x", ValueError)
     with pytest.raises(ValueError, match=r"x\.a\.c"):
         check_keys({"a": {"c": 2}}, known, "x", ValueError)
+
+
+def test_style_pairs_need_the_latent_cache_and_a_target_with_images(tmp_path):
+    params = _with(_with(_params("folder"), "train_generator.latent_cache.enabled", False), "train_generator.unlabeled.enabled", False)
+    with pytest.raises(ParameterError, match=r"style_pairs\.enabled needs train_generator\.latent_cache\.enabled"):
+        validate_parameters(params, DEFAULTS)
+    empty = tmp_path / "target"
+    (empty / "images").mkdir(parents=True)
+    (empty / "images" / "notes.txt").write_text("no image here")
+    params = {**_params("folder"), "target": {**_params("folder").get("target", {}), "root": str(empty)}}
+    with pytest.raises(ParameterError, match=r"target\.root: .* holds no images"):
+        validate_parameters(params, DEFAULTS)
+    write_image(empty / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    assert "train_generator" in validate_parameters(params, DEFAULTS)

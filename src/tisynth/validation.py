@@ -41,6 +41,7 @@ _TYPED_SUBTREES: dict[str, tuple[tuple[str, ...], ...]] = {
     "segmenter": ((),),
     "train_generator": (("common",), ("base",), ("A",), ("B",), ("report", "sample"), ("common", "sample")),
     "sample": (("sampler",),),
+    "ref_steering": (("sample",),),
     "ref_augment": ((),),
     # user-named entries
     "dataset": (("classes",),),
@@ -96,6 +97,38 @@ def _train_generator(params: Mapping[str, Any], block: Mapping[str, Any]) -> Non
         except TisynthError as exc:
             raise ParameterError(f"train_generator.{stage} (common + {stage}): {exc}") from exc
     SampleConfig.from_dict((block.get("report") or {}).get("sample"))
+    _style_pairs_and_unlabeled(params, block)
+
+
+def _style_pairs_and_unlabeled(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
+    """``train_generator.style_pairs`` and ``.unlabeled``: ranges, counts, and a target that has images."""
+    from tisynth.generator.styles import StyleFamily
+
+    style = block.get("style_pairs") or {}
+    StyleFamily.from_dict(style.get("family"), where="train_generator.style_pairs.family")
+    for key, low in (("k", 1), ("set_size", 2)):
+        value = style.get(key, low)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ParameterError(f"train_generator.style_pairs.{key} must be an integer >= {low}, got {value!r}")
+    cache_on = bool((block.get("latent_cache") or {}).get("enabled", False))
+    if style.get("enabled", False) and not cache_on:
+        raise ParameterError("train_generator.style_pairs.enabled needs train_generator.latent_cache.enabled: the styled tiles are cached latents")
+    unl = block.get("unlabeled") or {}
+    repeat = unl.get("repeat", 1)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+        raise ParameterError(f"train_generator.unlabeled.repeat must be an integer >= 1, got {repeat!r}")
+    if unl.get("enabled", False) and not cache_on:
+        raise ParameterError("train_generator.unlabeled.enabled needs train_generator.latent_cache.enabled: mask-free tiles are cached latents")
+    root = str((params.get("target") or {}).get("root") or "")
+    if unl.get("enabled", False) and unl.get("target", True) and root:
+        from tisynth.io import IMAGE_SUFFIXES
+
+        folder = Path(root)
+        images = [f for sub in ("images", "scenes", "") for f in ((folder / sub).glob("*") if (folder / sub).is_dir() else [])
+                  if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise ParameterError(f"target.root: {folder} holds no images (looked in images/, scenes/ and the folder itself); "
+                                 "train_generator.unlabeled.target needs the target domain's tiles")
 
 
 def _ingest(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
@@ -128,6 +161,14 @@ def _read_generator(params: Mapping[str, Any], block: Mapping[str, Any]) -> None
     ReadingSettings.from_params(block, (params.get("sample") or {}).get("sampler"))
 
 
+def _ref_steering(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
+    from tisynth.generator.sample import SampleConfig
+    from tisynth.generator.steering import SteeringSettings
+
+    cfg = SteeringSettings.from_params(block)
+    SampleConfig.from_dict({**dict((params.get("sample") or {}).get("sampler") or {}), **cfg.sample, "mode": "tisynth"})
+
+
 def _filter(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
     from tisynth.filtering import FilterSettings
 
@@ -154,6 +195,7 @@ VALUE_CHECKS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], None]] 
     "ref_augment": _ref_augment,
     "sample": _sample,
     "read_generator": _read_generator,
+    "ref_steering": _ref_steering,
     "segmenter": _segmenter,
     "filter": _filter,
     "segment": _segment,

@@ -71,6 +71,14 @@ Top-level keys:
     AIA layers on top of it.
 ``mask_conditioning_hidden``
     width of the SPADE modulation nets (32).
+``style_conditioning``
+    ``none`` (the paper: the Ref reaches the UNet only through the Ref ControlNet and AIA) or
+    ``global``: beside that path, the Ref latent's per-channel mean and standard deviation go
+    through a small MLP to a per-channel scale and shift after every ResBlock GroupNorm of the
+    UNet (:mod:`tisynth.generator.style_cond`), zero-initialised and trained in stage B. A
+    direct route for a Ref's global look (colour, brightness, contrast).
+``style_conditioning_hidden``
+    width of that MLP (128).
 ``aia_heads``
     heads of the new attentions; ``None`` uses each site's own self-attention heads.
 ``prompt_template``
@@ -119,6 +127,8 @@ _COMMON: dict[str, Any] = {
     "aia_heads": None,
     "mask_conditioning": "controlnet",
     "mask_conditioning_hidden": 32,
+    "style_conditioning": "none",
+    "style_conditioning_hidden": 128,
     "prompt_template": DEFAULT_PROMPT_TEMPLATE,
 }
 
@@ -248,6 +258,8 @@ TOP_LEVEL_KEYS = frozenset(
         "aia_heads",
         "mask_conditioning",
         "mask_conditioning_hidden",
+        "style_conditioning",
+        "style_conditioning_hidden",
         "prompt_template",
     }
 )
@@ -281,6 +293,11 @@ def resolve_generator_config(config: Mapping[str, Any] | None = None) -> dict[st
         raise GeneratorConfigError(
             f"mask_conditioning must be 'controlnet', 'spade' or 'concat', got {resolved['mask_conditioning']!r}"
         )
+    if resolved["style_conditioning"] not in ("none", "global"):
+        raise GeneratorConfigError(f"style_conditioning must be 'none' or 'global', got {resolved['style_conditioning']!r}")
+    hidden = resolved["style_conditioning_hidden"]
+    if not isinstance(hidden, int) or hidden < 1:
+        raise GeneratorConfigError(f"style_conditioning_hidden must be a positive integer, got {hidden!r}")
     if resolved["mask_conditioning"] != "controlnet" and resolved["control_encoding"] != "onehot":
         raise GeneratorConfigError("a mask-first base (mask_conditioning spade/concat) needs control_encoding 'onehot'")
     return resolved

@@ -84,12 +84,9 @@ def as_item(item: Any, where: str = "item") -> dict[str, Any]:
 def collate_items(items: Sequence[Any]) -> dict[str, Any]:
     """Items -> ``{"images": float B×3×H×W in [-1, 1], "masks": uint8 B×H×W, "prompts": list}``.
 
-    Items of a latent cache (with ``latent``) are batched by
-    :func:`tisynth.generator.latent_cache.collate_latent_items` instead.
+    Items of a latent cache (with ``latent``) are batched by :func:`collate_latent_items`.
     """
     if items and isinstance(items[0], Mapping) and "latent" in items[0]:
-        from tisynth.generator.latent_cache import collate_latent_items
-
         return collate_latent_items(items)
     norm = [as_item(it, f"item {i}") for i, it in enumerate(items)]
     sizes = {it["image"].shape for it in norm}
@@ -98,6 +95,32 @@ def collate_items(items: Sequence[Any]) -> dict[str, Any]:
     images = torch.from_numpy(np.stack([it["image"] for it in norm])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     masks = torch.from_numpy(np.stack([it["mask"] for it in norm]))
     return {"images": images, "masks": masks, "prompts": [it["prompt"] for it in norm]}
+
+
+def collate_latent_items(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batch latent-cache items (:class:`tisynth.generator.latent_cache.LatentTileDataset`).
+
+    Always: ``latents``, ``variants``, ``variant_index``, ``masks``, ``prompts``. Items that name
+    their own Ref (style pairs, mask-free tiles) add ``ref_latents`` (B×C×h×w, uncropped) and
+    ``cond_keep`` (False where the item has no mask and prompt to condition on).
+    """
+    shapes = {tuple(it["latent"].shape) for it in items}
+    if len(shapes) > 1:
+        raise TileDatasetError(f"cached latents of one batch must share a shape, got {sorted(shapes)}")
+    out = {
+        "latents": torch.stack([it["latent"] for it in items]),
+        "variants": torch.stack([it["variants"] for it in items]),
+        "variant_index": torch.tensor([int(it["variant_index"]) for it in items]),
+        "masks": torch.from_numpy(np.stack([it["mask"] for it in items]).astype(np.uint8)),
+        "prompts": [it["prompt"] for it in items],
+    }
+    with_ref = [it.get("ref_latent") is not None for it in items]
+    if any(with_ref):
+        if not all(with_ref):
+            raise TileDatasetError("a batch mixes items with and without their own Ref latent")
+        out["ref_latents"] = torch.stack([it["ref_latent"] for it in items])
+        out["cond_keep"] = torch.tensor([bool(it.get("cond_keep", True)) for it in items])
+    return out
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:

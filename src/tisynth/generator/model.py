@@ -56,6 +56,7 @@ from tisynth.generator.autoencoders import LatentAutoencoder, build_autoencoder,
 from tisynth.generator.config import GeneratorConfigError, hint_channels_for_factor, resolve_generator_config
 from tisynth.generator.control import control_channels, encode_control
 from tisynth.generator.mask_cond import MaskStore, attach_mask_conditioning, build_mask_conditioning
+from tisynth.generator.style_cond import StyleStore, attach_style_conditioning, build_style_conditioning
 from tisynth.generator.text import build_text_encoder, build_word_tokenizer, encode_prompts, prompt_vocabulary
 from tisynth.weights import read_safetensors
 
@@ -248,6 +249,7 @@ class TISynthGenerator(nn.Module):
         ref_controlnet: ControlNetModel,
         aia_state: Mapping[str, torch.Tensor] | None = None,
         mask_cond_state: Mapping[str, torch.Tensor] | None = None,
+        style_cond_state: Mapping[str, torch.Tensor] | None = None,
     ):
         super().__init__()
         self.config = dict(config)
@@ -275,6 +277,16 @@ class TISynthGenerator(nn.Module):
             _load_exactly(self.mask_cond, mask_cond_state, "mask-conditioning weights do not fit the UNet")
         self.mask_store = MaskStore()
         self._hooks += attach_mask_conditioning(self.unet, self.mask_cond, self.mask_store)
+        # the global style path (after the mask modulation at each site); None for the paper's model
+        self.style_cond = build_style_conditioning(
+            str(self.config.get("style_conditioning", "none")), unet, autoencoder.latent_channels,
+            int(self.config.get("style_conditioning_hidden", 128)),
+        )
+        self.style_store = StyleStore()
+        if self.style_cond is not None:
+            if style_cond_state is not None:
+                _load_exactly(self.style_cond, style_cond_state, "style-conditioning weights do not fit the UNet")
+            self._hooks += attach_style_conditioning(self.unet, self.style_cond, self.style_store)
         self.needed_skips: list[int] = sorted({s.skip_index for s in self.sites if s.skip_index != MID})
         self.need_mid: bool = any(s.skip_index == MID for s in self.sites)
         self.requires_grad_(False)
@@ -449,6 +461,7 @@ class TISynthGenerator(nn.Module):
             timesteps = torch.tensor(timesteps, device=sample.device)
         self.features.clear()
         self.mask_store.clear()
+        self.style_store.clear()
         if mode == "base" and not self.mask_first:
             return self.unet(sample, timesteps, text, return_dict=False)[0]
         if control is None:
@@ -477,6 +490,10 @@ class TISynthGenerator(nn.Module):
             raise GeneratorError("mode 'tisynth' needs Ref latents (encode the Ref images with encode_images)")
         if ref_latents.shape[1:] != sample.shape[1:]:
             raise GeneratorError(f"Ref latents {tuple(ref_latents.shape)} and noisy latents {tuple(sample.shape)} differ in shape")
+        if self.style_cond is not None:
+            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.style_cond.parameters())
+            with torch.set_grad_enabled(grad):
+                self.style_store.set(self.style_cond.embedding(ref_latents))
         if self.mask_residual:
             # the mask ControlNet's outputs feed the AIA sites *and* the UNet residually
             grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.mask_controlnet.parameters())
@@ -505,9 +522,10 @@ class TISynthGenerator(nn.Module):
         copy_unet_encoder(self.mask_controlnet if which == "mask" else self.ref_controlnet, self.unet, only)
 
     def clear_features(self) -> None:
-        """Drop the AIA features and the mask map kept from the last call."""
+        """Drop the AIA features, the mask map and the style embedding kept from the last call."""
         self.features.clear()
         self.mask_store.clear()
+        self.style_store.clear()
 
     # ------------------------------------------------------------------ training helpers
     def trainable_parameter_names(self, stage: str, train_unet_decoder: bool = False) -> list[str]:
@@ -530,7 +548,7 @@ class TISynthGenerator(nn.Module):
             prefixes = ["mask_controlnet."]
         else:
             used = controlnet_used_prefixes(self.ref_controlnet, self.needed_skips, self.need_mid)
-            prefixes = [f"ref_controlnet.{p}." for p in used] + ["aia."]
+            prefixes = [f"ref_controlnet.{p}." for p in used] + ["aia.", "style_cond."]
             if self.mask_first:  # no stage A: the mask ControlNet's AIA features train here, jointly
                 used_m = controlnet_used_prefixes(self.mask_controlnet, self.needed_skips, self.need_mid)
                 prefixes += [f"mask_controlnet.{p}." for p in used_m]
@@ -573,6 +591,10 @@ class TISynthGenerator(nn.Module):
             (folder / "mask_cond").mkdir(exist_ok=True)
             save_file({k: v.detach().contiguous().cpu() for k, v in self.mask_cond.state_dict().items()},
                       str(folder / "mask_cond" / "mask_cond.safetensors"))
+        if self.style_cond is not None:
+            (folder / "style_cond").mkdir(exist_ok=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.style_cond.state_dict().items()},
+                      str(folder / "style_cond" / "style_cond.safetensors"))
         self.autoencoder.save_pretrained(folder / "autoencoder")
         self.text_encoder.save_pretrained(folder / "text_encoder")
         self.tokenizer.save_pretrained(folder / "tokenizer")
@@ -620,6 +642,7 @@ class TISynthGenerator(nn.Module):
             ControlNetModel.from_pretrained(folder / "controlnet_ref"),
             aia_state=read_safetensors(folder / "aia" / "aia.safetensors"),
             mask_cond_state=_optional_weights(folder / "mask_cond" / "mask_cond.safetensors", meta["config"]),
+            style_cond_state=_style_weights(folder / "style_cond" / "style_cond.safetensors", meta["config"]),
         )
         if device is not None:
             model.to(device)
@@ -633,10 +656,12 @@ class TISynthGenerator(nn.Module):
             "ref_controlnet": self.ref_controlnet,
             "aia": self.aia,
             "mask_cond": self.mask_cond,
+            "style_cond": self.style_cond if self.style_cond is not None else nn.ModuleDict(),
             "text_encoder": self.text_encoder,
             "autoencoder": self.autoencoder,
         }
-        return {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items() if k != "mask_cond" or len(m)}
+        return {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()
+                if k not in ("mask_cond", "style_cond") or sum(1 for _ in m.parameters())}
 
 
 def _load_exactly(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, hint: str = "") -> None:
@@ -651,6 +676,14 @@ def _optional_weights(path: Path, config: Mapping[str, Any]) -> dict[str, torch.
         return None
     if not path.is_file():
         raise GeneratorError(f"{path} is missing: the generator is mask-conditioned ({config['mask_conditioning']}) but its weights are not there")
+    return read_safetensors(path)
+
+
+def _style_weights(path: Path, config: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+    if str(config.get("style_conditioning", "none")) == "none":
+        return None
+    if not path.is_file():
+        raise GeneratorError(f"{path} is missing: the generator has a global style path but its weights are not there")
     return read_safetensors(path)
 
 

@@ -298,6 +298,9 @@ def _prepare_inputs(
         images = images.to(device)
     keep = torch.rand(b, generator=gen) >= cfg.condition_dropout
     ref_keep = torch.rand(b, generator=gen) >= cfg.ref_dropout
+    mask_free = "cond_keep" in batch and not bool(batch["cond_keep"].all())
+    if "cond_keep" in batch:  # mask-free items (a target domain's tiles) never condition on a mask or prompt
+        keep = keep & batch["cond_keep"].bool()
     prompts = [p if k else "" for p, k in zip(batch["prompts"], keep.tolist())]
     with torch.no_grad():
         latents = batch["latents"].to(device) if cached else model.encode_images(images, generator=gen)
@@ -306,7 +309,10 @@ def _prepare_inputs(
         control = model.encode_control(masks.to(device)) if wants_mask else None
         ref_latents = None
         if cfg.stage == "B":
-            if cached:
+            if "ref_latents" in batch:  # the item names its Ref (another tile): crop it like any Ref
+                own = batch["ref_latents"][:, None]
+                ref_latents = latent_ref(own, torch.zeros(b, dtype=torch.long), cfg.ref_crop, gen).to(device)
+            elif cached:
                 ref_latents = latent_ref(batch["variants"], batch["variant_index"], cfg.ref_crop, gen).to(device)
             else:
                 ref_latents = model.encode_images(augment(images, generator=gen), generator=gen)
@@ -327,7 +333,7 @@ def _prepare_inputs(
         "text": text,
         "control": control,
         "ref_latents": ref_latents,
-        "cond_keep": keep.to(device) if (model.mask_first and cfg.condition_dropout > 0) else None,
+        "cond_keep": keep.to(device) if (model.mask_first and (cfg.condition_dropout > 0 or mask_free)) else None,
     }
 
 

@@ -10,8 +10,8 @@ def test_train_generator_reads_and_writes_what_it_declares():
     check_contract(
         "train_generator",
         inputs=[
-            "class_registry", "params:generator", "params:ref_augment", "params:train_generator", "tile_manifest",
-            "tiles",
+            "class_registry", "params:generator", "params:ref_augment", "params:train_generator", "target_manifest",
+            "target_tiles", "tile_manifest", "tiles",
         ],
         outputs=[
             "generator", "generator_base", "generator_history", "generator_history_a", "generator_history_b",

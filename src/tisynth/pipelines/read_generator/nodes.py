@@ -37,3 +37,29 @@ def read_generator_images(
             if np.isfinite(r[key]):
                 metrics[f"{key}_{tag}"] = {"value": float(r[key]), "step": 0}
     return table, metrics
+
+
+def report_ref_steering(
+    generator: Any, tiles: TileSet, tile_manifest: pd.DataFrame, target_tiles: TileSet | None,
+    target_manifest: pd.DataFrame | None, params: dict[str, Any], sample: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, Any], Any]:
+    """Does the Ref steer the look? (:mod:`tisynth.generator.steering`): a table, MLflow metrics
+    ``steering.<what>`` and a figure mask | source-Ref sample | target-Ref sample | Ref."""
+    from tisynth.generator import steering
+    from tisynth.plots import plt
+
+    cfg = steering.SteeringSettings.from_params(params)
+    if cfg.masks == 0:
+        log.info("Ref-steering report skipped (ref_steering.masks: 0)")
+        fig = plt.figure(figsize=(2, 1))
+        return pd.DataFrame(), {}, fig
+    inputs = steering.choose_inputs(tiles, tile_manifest, target_tiles, target_manifest, cfg)
+    metrics, images = steering.ref_steering(generator, inputs, cfg, sample.get("sampler"))
+    log.info("Ref steering (%d masks, Refs %s vs %s): Ref effect %.2f grey levels = %.2f x the seed effect; colour "
+             "transfer %.0f %%; KID target-Ref images vs real target %s (source-Ref images %s)", len(inputs.names),
+             inputs.source_label, inputs.target_label, metrics["ref_effect"], metrics.get("ref_over_seed", float("nan")),
+             100 * metrics["colour_transfer"], f"{metrics.get('kid_target_refs_vs_real_target', float('nan')):.4f}",
+             f"{metrics.get('kid_source_refs_vs_real_target', float('nan')):.4f}")
+    table = steering.metrics_table(metrics, f"{inputs.source_label} vs {inputs.target_label}")
+    tracked = {k: {"value": float(v), "step": 0} for k, v in metrics.items() if np.isfinite(v)}
+    return table, tracked, steering.steering_figure(generator, inputs, images, metrics, cfg.figure_rows)

@@ -24,10 +24,11 @@ from tisynth.generator import (
 )
 from tisynth.generator.data import images_to_uint8
 from tisynth.generator.diagnostics import DEFAULT_TIMESTEPS, DiagnosticsError, mask_use
-from tisynth.generator.latent_cache import LatentTileDataset, build_latent_cache
+from tisynth.generator.latent_cache import LatentTileDataset, PairedLatentDataset, build_latent_cache, build_style_cache
 from tisynth.generator.sample import sample_grid
 from tisynth.io import TileSet
-from tisynth.runs import file_digest
+from tisynth.references import target_pool_splits
+from tisynth.runs import file_digest, settings_digest
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,70 @@ def _train_names(manifest: pd.DataFrame, params: dict[str, Any]) -> list[str]:
     return sorted(manifest.loc[manifest["split"].isin(splits) & manifest["mask"].notna(), "name"])
 
 
-def cache_latents(model: Any, tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
-    """Encode the training tiles once (``latent_cache.variants`` orientations) for training; ``{"enabled": false}`` when off."""
+def cache_latents(model: Any, tiles: TileSet, manifest: pd.DataFrame, target_tiles: TileSet | None,
+                  target_manifest: pd.DataFrame | None, params: dict[str, Any]) -> dict[str, Any]:
+    """Encode the training tiles once (``latent_cache.variants`` orientations) for training; ``{"enabled": false}`` when off.
+
+    With ``style_pairs.enabled`` the labelled tiles are also encoded in ``style_pairs.k`` random
+    styles (stage B's style pairs); with ``unlabeled.enabled`` the mask-free tiles stage B adds
+    (the target domain's, ``unlabeled.target``; in-domain tiles of ``unlabeled.splits``) are
+    encoded too, without reading any of their masks.
+    """
     cfg = dict(params.get("latent_cache") or {})
     if not cfg.get("enabled", False):
         return {"enabled": False}
     rows = manifest[manifest["name"].isin(_train_names(manifest, params))]
+    dtype, batch = str(cfg.get("dtype", "float16")), int(cfg.get("batch_size", 16))
     cache = build_latent_cache(model.autoencoder, tiles, rows, cfg["root"], variants=int(cfg.get("variants", 8)),
-                               batch_size=int(cfg.get("batch_size", 16)), dtype=str(cfg.get("dtype", "float16")))
+                               batch_size=batch, dtype=dtype)
     log.info("latent cache %s: %d tiles x %d variants (%d encoded now)", cache["folder"], cache["tiles"],
              cache["variants"], cache["encoded_now"])
-    return {"enabled": True, **cache}
+    out: dict[str, Any] = {"enabled": True, **cache}
+    style = dict(params.get("style_pairs") or {})
+    if style.get("enabled", False):
+        out["styles"] = build_style_cache(model.autoencoder, tiles, rows, cache, style.get("family"), int(style.get("k", 1)),
+                                          int(style.get("set_size", 3)), int(style.get("seed", 0)), batch_size=batch)
+        log.info("style pairs %s: %d tiles x %d styles, sets of %d (%d tiles encoded now)", out["styles"]["folder"],
+                 cache["tiles"], out["styles"]["k"], out["styles"]["set_size"], out["styles"]["encoded_now"])
+    unl = dict(params.get("unlabeled") or {})
+    if unl.get("enabled", False):
+        out["unlabeled"] = []
+        sources = []
+        if unl.get("target", True) and target_manifest is not None and len(target_manifest) and target_tiles is not None:
+            # the target's test tiles stay evaluation-only, as in the Ref pool
+            target_splits = unl.get("target_splits") or target_pool_splits(target_manifest)
+            frame = target_manifest[target_manifest["split"].isin(target_splits)]
+            sources.append(("target", target_tiles, frame, Path(cfg["root"]) / "target"))
+        splits = list(unl.get("splits") or [])
+        pool = manifest[manifest["split"].isin(splits)] if splits else manifest.iloc[:0]
+        if len(pool):
+            sources.append(("unlabeled", tiles, pool, Path(cfg["root"])))
+        for domain, tileset, frame, root in sources:
+            c = build_latent_cache(model.autoencoder, tileset, frame, root, variants=1, batch_size=batch, dtype=dtype,
+                                   require_masks=False)
+            content = settings_digest(sorted((str(n), file_digest(tileset.path(str(i))))
+                                             for n, i in zip(frame["name"], frame["image"]) if pd.notna(i)))
+            out["unlabeled"].append({"domain": domain, "cache": c, "repeat": int(unl.get("repeat", 1)), "content": content})
+            log.info("mask-free %s tiles for stage B: %d (%d encoded now; masks not read)", domain, c["tiles"], c["encoded_now"])
+        if not out["unlabeled"]:
+            log.info("unlabeled.enabled: no target domain and no tiles of splits %s; stage B has no mask-free tiles", splits)
+    return out
+
+
+def _stage_b_extras(generator: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
+    """What stage B depends on beyond its settings: style pairs, mask-free tiles, the global style path.
+
+    Each enters only when used, so the fingerprints of the paper's recipe do not change.
+    """
+    extras: dict[str, Any] = {}
+    style = resolve_generator_config(generator).get("style_conditioning", "none")
+    if style != "none":
+        extras["_style_conditioning"] = style
+    if cache.get("styles"):
+        extras["_style_pairs"] = cache["styles"]["digest"]
+    if cache.get("unlabeled"):
+        extras["_unlabeled"] = [[u["domain"], u["content"], u["repeat"]] for u in cache["unlabeled"]]
+    return extras
 
 
 def _train_tiles(tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any]) -> dict[str, str]:
@@ -65,15 +119,24 @@ def _train_tiles(tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any])
 
 
 def _fingerprint_chain(stage: str, generator: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame,
-                       params: dict[str, Any], ref_augment: dict[str, Any]) -> tuple[str, str]:
+                       params: dict[str, Any], ref_augment: dict[str, Any],
+                       b_extras: dict[str, Any] | None = None) -> tuple[str, str]:
     """(this stage's fingerprint, the one versions that knew tiles by name only gave it)."""
     cache = dict(params.get("latent_cache") or {})
-    data = {**resolve_generator_config(generator),
+    # the global style path only exists from stage B on: it enters B's fingerprint, not the data's
+    resolved = {k: v for k, v in resolve_generator_config(generator).items()
+                if k not in ("style_conditioning", "style_conditioning_hidden")}
+    data = {**resolved,
             "_latent_cache": {k: cache.get(k) for k in ("enabled", "variants", "dtype")} if cache.get("enabled") else None}
     chains = [stages.data_fingerprint(data, _train_tiles(tiles, manifest, params)),
               stages.names_data_fingerprint(data, _train_names(manifest, params))]
     for s in stages.STAGES:
-        steps = [stages.stage_fingerprints(up, stages.stage_config(params, s, ref_augment)) for up in chains]
+        cfg = stages.stage_config(params, s, ref_augment)
+        if s == "B":
+            cfg.update(b_extras or {})
+            if "_style_conditioning" in cfg:
+                cfg["_style_conditioning_hidden"] = resolve_generator_config(generator).get("style_conditioning_hidden")
+        steps = [stages.stage_fingerprints(up, cfg) for up in chains]
         if s == stage:
             return steps[0][0], steps[1][0]
         chains = [nxt for _, nxt in steps]
@@ -93,8 +156,17 @@ def _train(stage: str, model: Any, cache: dict[str, Any], tiles: TileSet, manife
         log.info("stage %s skipped (steps: 0)", stage)
         return model, []
     rows = manifest[manifest["name"].isin(_train_names(manifest, params))]
-    data = LatentTileDataset(cache, tiles, rows) if cache.get("enabled") else TileDataset(tiles, rows, split=None)
-    fingerprint, by_names = _fingerprint_chain(stage, generator, tiles, manifest, params, ref_augment)
+    extras = _stage_b_extras(generator, cache) if stage == "B" else {}
+    if stage == "B" and (cache.get("styles") or cache.get("unlabeled")):
+        unlabeled = [{"cache": u["cache"], "repeat": u["repeat"]} for u in cache.get("unlabeled") or []]
+        data = PairedLatentDataset(cache, tiles, rows, styles=cache.get("styles"), unlabeled=unlabeled)
+        log.info("stage B items: %d labelled x orientations, %d styled, %d mask-free", data.n_plain, data.n_styled,
+                 data.n_unlabeled)
+    elif cache.get("enabled"):
+        data = LatentTileDataset(cache, tiles, rows)
+    else:
+        data = TileDataset(tiles, rows, split=None)
+    fingerprint, by_names = _fingerprint_chain(stage, generator, tiles, manifest, params, ref_augment, extras)
     folder = stages.prepare_checkpoint_dir(Path(params["checkpoint_dir"]) / f"stage_{stage}", fingerprint,
                                            adopt=[by_names])
     log.info("stage %s: %d training tiles, %d steps, checkpoints in %s", stage, len(data), cfg["steps"], folder)

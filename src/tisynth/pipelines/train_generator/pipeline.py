@@ -12,7 +12,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(nodes.init_generator, ["class_registry", "params:generator", "params:train_generator"],
                  "generator_init", name="init_generator"),
-            Node(nodes.cache_latents, ["generator_init", "tiles", "tile_manifest", "params:train_generator"],
+            Node(nodes.cache_latents, ["generator_init", "tiles", "tile_manifest", "target_tiles", "target_manifest",
+                                       "params:train_generator"],
                  "generator_latent_cache", name="cache_latents"),
             Node(nodes.train_generator_base, ["generator_init", *_COMMON], ["generator_base", "generator_history_base"],
                  name="train_generator_base"),

@@ -1,0 +1,273 @@
+"""Does the Ref steer the look? A report that measures it.
+
+For fixed masks and seeds the generator samples each mask twice, once with a Ref from the
+source domain and once with a Ref from the target domain (without a target: two disjoint groups
+of the source's scenes), and the report gives:
+
+* **Ref effect / seed effect**: the mean absolute pixel change (grey levels) when only the Ref
+  switches from source to target, against the change when only the seed changes (same mask,
+  same source Ref). Below about 0.1 the Ref does nothing visible; at 1 it moves an image as much
+  as a new seed does.
+* **Colour transfer**: the real difference between the domains in per-band mean and standard
+  deviation (target tiles minus source tiles, a 6-vector), and the share of it that the
+  synthetic images cover when their Refs switch from source to target (the projection of the
+  synthetic difference on the real one, over its squared length). 100 % = the whole shift.
+* **KID** of each synthetic set (source Refs, target Refs) against real target tiles and
+  against real source tiles (Inception features, :mod:`tisynth.generator.quality`).
+* a figure: mask | source-Ref sample | target-Ref sample | the target Ref, one row per mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tisynth.errors import TisynthError
+from tisynth.io import TileSet
+from tisynth.params import dataclass_from_mapping
+
+log = logging.getLogger(__name__)
+
+
+class SteeringError(TisynthError, ValueError):
+    """Ref-steering settings or data that cannot be used."""
+
+
+@dataclass
+class SteeringSettings:
+    """Parameters of the Ref-steering report (block ``ref_steering``).
+
+    Attributes:
+        masks: labelled masks sampled with both kinds of Ref (0 = skip the report).
+        mask_split: the split the masks come from (held-out: ``val``).
+        seed_items: of those, how many are also sampled with a second seed (the seed effect).
+        real_tiles: real tiles per domain for KID and the colour statistics.
+        seed: seed of the draws (masks, Refs, sampling seeds).
+        kid: compute KID (needs the Inception network); False: colour and pixel figures only.
+        figure_rows: rows of the figure.
+        sample: sampler overrides on top of ``sample.sampler`` (e.g. ``{steps: 12}``).
+    """
+
+    masks: int = 24
+    mask_split: str = "val"
+    seed_items: int = 8
+    real_tiles: int = 64
+    seed: int = 0
+    kid: bool = True
+    figure_rows: int = 8
+    sample: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> SteeringSettings:
+        cfg = dataclass_from_mapping(cls, dict(params or {}), SteeringError, "unknown ref_steering key(s)")
+        for name in ("masks", "seed_items", "real_tiles", "figure_rows"):
+            value = getattr(cfg, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise SteeringError(f"ref_steering.{name} must be a non-negative integer, got {value!r}")
+        if cfg.masks and cfg.masks < 2:
+            raise SteeringError(f"ref_steering.masks must be 0 or at least 2, got {cfg.masks}")
+        if cfg.seed_items > cfg.masks:
+            raise SteeringError(f"ref_steering.seed_items ({cfg.seed_items}) cannot exceed ref_steering.masks ({cfg.masks})")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------- figures of merit
+def colour_stats(images: np.ndarray) -> np.ndarray:
+    """Per-band mean and standard deviation over all pixels of a set (N×H×W×3 uint8) -> 6-vector."""
+    x = np.asarray(images, dtype=np.float64).reshape(-1, 3)
+    return np.concatenate([x.mean(0), x.std(0)])
+
+
+def colour_transfer(syn_source: np.ndarray, syn_target: np.ndarray, real_source: np.ndarray,
+                    real_target: np.ndarray) -> dict[str, float]:
+    """The share of the real source→target colour difference the synthetic images cover.
+
+    ``share = <d_syn, d_real> / |d_real|^2`` with ``d = stats(target set) - stats(source set)``
+    (:func:`colour_stats`). 1 = the synthetic images move exactly as far as the real domains
+    differ, in the same direction; 0 = they do not move; negative = the wrong way.
+    """
+    d_real = colour_stats(real_target) - colour_stats(real_source)
+    d_syn = colour_stats(syn_target) - colour_stats(syn_source)
+    norm = float(d_real @ d_real)
+    if norm < 1e-9:
+        raise SteeringError("the two real domains have the same colour statistics; there is no shift to transfer")
+    out = {"colour_transfer": float(d_syn @ d_real) / norm, "real_shift_norm": float(np.sqrt(norm)),
+           "synthetic_shift_norm": float(np.sqrt(d_syn @ d_syn))}
+    for i, name in enumerate(("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b")):
+        out[f"real_shift_{name}"] = float(d_real[i])
+        out[f"synthetic_shift_{name}"] = float(d_syn[i])
+    return out
+
+
+def mean_abs_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference in grey levels between two image sets of one shape."""
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
+# ---------------------------------------------------------------------- choosing the images
+@dataclass
+class SteeringInputs:
+    """What the report samples from: masks with prompts, one source and one target Ref per mask,
+    and real tiles of both domains."""
+
+    names: list[str]
+    masks: np.ndarray
+    prompts: list[str]
+    source_refs: np.ndarray
+    target_refs: np.ndarray
+    real_source: np.ndarray
+    real_target: np.ndarray
+    source_label: str
+    target_label: str
+
+
+def _rng_pick(rng: np.random.Generator, items: Sequence[Any], n: int, replace: bool = False) -> list[Any]:
+    if not items:
+        return []
+    idx = rng.choice(len(items), size=n if replace else min(n, len(items)), replace=replace or n > len(items))
+    return [items[int(i)] for i in idx]
+
+
+def split_groups(manifest: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Two disjoint halves of the manifest's scene groups (``group``, else ``source``), balanced by tile count."""
+    col = "group" if "group" in manifest.columns and manifest["group"].nunique() > 1 else "source"
+    if col not in manifest.columns or manifest[col].nunique() < 2:
+        raise SteeringError("without a target domain the report compares two scene groups, but the tiles have only one "
+                            "group and one source image")
+    counts = manifest[col].astype(str).value_counts().sort_index()
+    a, b, na, nb = [], [], 0, 0
+    for g, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if na <= nb:
+            a.append(g)
+            na += c
+        else:
+            b.append(g)
+            nb += c
+    return a, b
+
+
+def choose_inputs(tiles: TileSet, manifest: pd.DataFrame, target_tiles: TileSet | None, target_manifest: pd.DataFrame | None,
+                  cfg: SteeringSettings, target_splits: Sequence[str] | None = None) -> SteeringInputs:
+    """Masks from ``cfg.mask_split`` and Refs/real tiles of the two domains (see the module docstring)."""
+    rng = np.random.default_rng(cfg.seed)
+    labelled = manifest[manifest["mask"].notna()]
+    has_target = target_manifest is not None and len(target_manifest) > 0 and target_tiles is not None
+    pool = manifest[manifest["split"] != "test"]
+    if has_target:
+        splits = list(target_splits) if target_splits else sorted(set(target_manifest["split"]) - {"test"}) or sorted(set(target_manifest["split"]))
+        tgt_rows = target_manifest[target_manifest["split"].isin(splits)]
+        src_rows = pool
+        src_set, tgt_set = tiles, target_tiles
+        labels = ("source", "target")
+        masks_from = labelled[labelled["split"] == cfg.mask_split]
+    else:
+        col = "group" if "group" in manifest.columns and manifest["group"].nunique() > 1 else "source"
+        a, b = split_groups(pool)
+        src_rows = pool[pool[col].astype(str).isin(a)]
+        tgt_rows = pool[pool[col].astype(str).isin(b)]
+        src_set = tgt_set = tiles
+        labels = (f"{col}s {', '.join(a[:3])}{'…' if len(a) > 3 else ''}", f"{col}s {', '.join(b[:3])}{'…' if len(b) > 3 else ''}")
+        masks_from = labelled[labelled["split"] == cfg.mask_split]
+    if masks_from.empty:
+        raise SteeringError(f"ref_steering.mask_split: no labelled tiles of split {cfg.mask_split!r}")
+    if len(src_rows) < 2 or len(tgt_rows) < 2:
+        raise SteeringError(f"the Ref-steering report needs at least two tiles on each side, got {len(src_rows)} and {len(tgt_rows)}")
+    mask_rows = masks_from.iloc[sorted(rng.choice(len(masks_from), size=min(cfg.masks, len(masks_from)), replace=False))]
+    src_names = [n for n in src_rows["name"]]
+    tgt_names = list(tgt_rows["name"])
+    src_refs_n = [n for n in _rng_pick(rng, [n for n in src_names if n not in set(mask_rows["name"])] or src_names,
+                                       len(mask_rows), replace=True)]
+    tgt_refs_n = _rng_pick(rng, tgt_names, len(mask_rows), replace=True)
+    src_by = src_rows.set_index("name")["image"]
+    tgt_by = tgt_rows.set_index("name")["image"]
+    real_src_n = _rng_pick(rng, src_names, cfg.real_tiles)
+    real_tgt_n = _rng_pick(rng, tgt_names, cfg.real_tiles)
+    return SteeringInputs(
+        names=[str(n) for n in mask_rows["name"]],
+        masks=np.stack([tiles.read_mask(str(m)) for m in mask_rows["mask"]]),
+        prompts=[str(p) for p in mask_rows["prompt"]],
+        source_refs=np.stack([src_set.read_image(str(src_by[n])) for n in src_refs_n]),
+        target_refs=np.stack([tgt_set.read_image(str(tgt_by[n])) for n in tgt_refs_n]),
+        real_source=np.stack([src_set.read_image(str(src_by[n])) for n in real_src_n]),
+        real_target=np.stack([tgt_set.read_image(str(tgt_by[n])) for n in real_tgt_n]),
+        source_label=labels[0],
+        target_label=labels[1],
+    )
+
+
+# ---------------------------------------------------------------------- the report
+def ref_steering(model: Any, inputs: SteeringInputs, cfg: SteeringSettings, sampler: Mapping[str, Any] | None = None,
+                 extractor: Any = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Sample and measure; returns ``(metrics, images)`` with images ``source``, ``target``, ``seed2``."""
+    from tisynth.generator.sample import sample_images
+
+    scfg = {**dict(sampler or {}), **dict(cfg.sample), "mode": "tisynth"}
+    n = len(inputs.names)
+    base_seed = int(cfg.seed) * 1000 + 17
+    seeds = [base_seed + i for i in range(n)]
+    m = min(cfg.seed_items, n)
+    syn_src = sample_images(model, inputs.masks, inputs.source_refs, inputs.prompts, seeds, scfg)
+    syn_tgt = sample_images(model, inputs.masks, inputs.target_refs, inputs.prompts, seeds, scfg)
+    syn_seed = sample_images(model, inputs.masks[:m], inputs.source_refs[:m], inputs.prompts[:m],
+                             [s + 100_000 for s in seeds[:m]], scfg) if m else syn_src[:0]
+    metrics: dict[str, float] = {"masks": float(n), "seed_items": float(m)}
+    metrics["ref_effect"] = mean_abs_change(syn_src, syn_tgt)
+    if m:
+        metrics["seed_effect"] = mean_abs_change(syn_src[:m], syn_seed)
+        metrics["ref_effect_same_items"] = mean_abs_change(syn_src[:m], syn_tgt[:m])
+        metrics["ref_over_seed"] = metrics["ref_effect_same_items"] / max(metrics["seed_effect"], 1e-9)
+    metrics.update(colour_transfer(syn_src, syn_tgt, inputs.real_source, inputs.real_target))
+    if cfg.kid:
+        from tisynth.generator.quality import inception_extractor, kernel_inception_distance
+
+        ext = extractor if extractor is not None else inception_extractor()
+        feats = {k: ext(v) for k, v in (("syn_source", syn_src), ("syn_target", syn_tgt),
+                                         ("real_source", inputs.real_source), ("real_target", inputs.real_target))}
+        for syn in ("source", "target"):
+            for real in ("source", "target"):
+                kid, _ = kernel_inception_distance(feats[f"syn_{syn}"], feats[f"real_{real}"], subsets=50,
+                                                   subset_size=1000, seed=cfg.seed)
+                metrics[f"kid_{syn}_refs_vs_real_{real}"] = kid
+        kid_rt, _ = kernel_inception_distance(feats["real_source"], feats["real_target"], subsets=50, subset_size=1000, seed=cfg.seed)
+        metrics["kid_real_source_vs_real_target"] = kid_rt
+        metrics["kid_ratio_target"] = metrics["kid_target_refs_vs_real_target"] / max(metrics["kid_source_refs_vs_real_target"], 1e-9)
+    return metrics, {"source": syn_src, "target": syn_tgt, "seed2": syn_seed}
+
+
+def steering_figure(model: Any, inputs: SteeringInputs, images: Mapping[str, np.ndarray], metrics: Mapping[str, float],
+                    rows: int = 8):  # -> Figure
+    """mask | source-Ref sample | target-Ref sample | target Ref (and the source Ref), one row per mask."""
+    from tisynth.plots import plt
+
+    k = min(rows, len(inputs.names))
+    cols = [("mask", [model.registry.colorize(mk) for mk in inputs.masks[:k]]),
+            (f"Ref: {inputs.source_label}", list(inputs.source_refs[:k])),
+            ("sample, source Ref", list(images["source"][:k])),
+            ("sample, target Ref", list(images["target"][:k])),
+            (f"Ref: {inputs.target_label}", list(inputs.target_refs[:k]))]
+    fig, axes = plt.subplots(k, len(cols), figsize=(1.9 * len(cols), 1.9 * k + 0.6), squeeze=False)
+    for c, (title, column) in enumerate(cols):
+        for r in range(k):
+            ax = axes[r][c]
+            ax.imshow(column[r])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+    ratio = metrics.get("ref_over_seed", float("nan"))
+    fig.suptitle(f"Ref effect {metrics['ref_effect']:.1f} grey levels ({ratio:.2f}× the seed effect); "
+                 f"colour transfer {100 * metrics['colour_transfer']:.0f} %", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def metrics_table(metrics: Mapping[str, float], label: str = "") -> pd.DataFrame:
+    return pd.DataFrame([{"run": label, **{k: float(v) for k, v in metrics.items()}}])
