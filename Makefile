@@ -34,6 +34,7 @@ viz-build: setup
 	$(BIN)/kedro viz build
 
 mlflow-ui: setup
+	@$(BIN)/python -m tisynth.mlflow_runs sqlite:///mlflow.db 127.0.0.1 5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 dag: setup

@@ -60,3 +60,15 @@ class ParameterCheckHook:
             return
         params = catalog.load("parameters")
         validate_parameters(params, load_defaults(self._conf_base), blocks_of(pipeline.inputs()))
+
+
+class MlflowRunLabelHook:
+    """Names the run that kedro-mlflow opens after what ran and tags it (``tisynth.mlflow_runs``);
+    runs after kedro-mlflow's own ``before_pipeline_run``, which opens the run."""
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        from tisynth.mlflow_runs import label_active_run
+
+        params = catalog.load("parameters") if "parameters" in catalog else {}
+        label_active_run(run_params, params)

@@ -13,7 +13,8 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
 }
 
-from tisynth.hooks import MlflowStoreHook, ParameterCheckHook  # noqa: E402
+from tisynth.hooks import MlflowRunLabelHook, MlflowStoreHook, ParameterCheckHook  # noqa: E402
 
-# relative SQLite MLflow stores are anchored at the project root (before kedro-mlflow starts)
-HOOKS = (MlflowStoreHook(), ParameterCheckHook())
+# relative SQLite MLflow stores are anchored at the project root (before kedro-mlflow starts);
+# the run kedro-mlflow opens is named after what ran and its experiment marked as model training
+HOOKS = (MlflowStoreHook(), ParameterCheckHook(), MlflowRunLabelHook())

@@ -55,6 +55,12 @@ def _runs(project: Path) -> dict[str, tuple[str, str | None]]:
     return {name: (status, by_id.get(parent)) for _, name, status, parent in rows}
 
 
+def _tags(project: Path, run_name: str) -> dict[str, str]:
+    with sqlite3.connect(project / "mlflow.db") as db:
+        return dict(db.execute("select t.key, t.value from tags t join runs r on r.run_uuid = t.run_uuid "
+                               "where r.name = ?", (run_name,)).fetchall())
+
+
 def _metrics(project: Path, run_name: str) -> set[str]:
     with sqlite3.connect(project / "mlflow.db") as db:
         rows = db.execute("select m.key from metrics m join runs r on r.run_uuid = m.run_uuid where r.name = ?",
@@ -78,12 +84,18 @@ def test_kedro_run_filter_and_segment(kedro_project):
     assert (data / "06_models/baseline_segmenter/model.safetensors").is_file()
 
     runs = _runs(kedro_project)
-    # one parent run per `kedro run`, one nested child run per trained segmenter
-    assert runs["real_segmenter"] == ("FINISHED", "filter")
-    assert runs["baseline-seed0"] == ("FINISHED", "segment")
-    assert runs["augmented-seed0"] == ("FINISHED", "segment")
+    # one parent run per `kedro run`, named after what ran, one nested child run per trained segmenter
+    setting = ("demo · segmenter.train.iterations=30 · segmenter.train.val_interval=15 · "
+               "segmenter.train.checkpoint_interval=15 · segmenter.train.log_interval=15")
+    filter_run, segment_run = f"filter · {setting}", f"segment · {setting}"
+    assert runs["real_segmenter"] == ("FINISHED", filter_run)
+    assert runs["baseline-seed0"] == ("FINISHED", segment_run)
+    assert runs["augmented-seed0"] == ("FINISHED", segment_run)
     for child in ("baseline-seed0", "augmented-seed0"):
         assert {"test.mIoU", "test.OA", "test.mAcc", "val.mIoU"} <= _metrics(kedro_project, child)
+        assert {k: _tags(kedro_project, child)[k] for k in ("variant", "seed", "setting", "role")} == {
+            "variant": child.split("-")[0], "seed": "0", "setting": setting, "role": "compared_segmenter"}
+    assert _tags(kedro_project, "real_segmenter")["role"] == "filter_segmenter"
     assert "train.loss" in _metrics(kedro_project, "augmented-seed0")
-    assert {"segment.test.baseline.mIoU", "segment.test.augmented.mIoU"} <= _metrics(kedro_project, "segment")
-    assert "filter.kept_pairs" in _metrics(kedro_project, "filter")
+    assert {"segment.test.baseline.mIoU", "segment.test.augmented.mIoU"} <= _metrics(kedro_project, segment_run)
+    assert "filter.kept_pairs" in _metrics(kedro_project, filter_run)

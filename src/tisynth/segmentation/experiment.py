@@ -84,7 +84,8 @@ def train_real_segmenter(
         log.warning("%s: no %r tiles; keeping the last checkpoint instead of selecting on val", name, val_split)
     work_dir = work_dir_for(work_root, REAL_ONLY_JOB, config, registry, train, val)
     params = _run_params(config, registry, {"variant": "real_only", "n_train": len(train), "n_val": len(val)})
-    with tracking.child_run(name, params, {"tisynth.role": "filter_segmenter"}, enabled=track):
+    tags = {"role": "filter_segmenter", "variant": "real_only", "seed": str(config.train.seed)}
+    with tracking.child_run(name, params, tags, enabled=track):
         segmenter = train_segmenter(config, registry, train, val, work_dir, label=name)
         _log_training(segmenter.training_info)
     return segmenter
@@ -179,8 +180,8 @@ def run_comparison(
                      "n_train_synthetic": len(synthetic or []), "n_val": len(val_pairs),
                      "mix": vars(mix_used) if mix_used else "none",
                      "iterations": mix_cfg.iterations(cfg.train.iterations) if mix_used else cfg.train.iterations}
-            with tracking.child_run(name, _run_params(cfg, registry, extra),
-                                    {"tisynth.variant": variant, "tisynth.seed": str(seed)}, enabled=track) as run_id:
+            tags = {"role": "compared_segmenter", "variant": variant, "seed": str(seed)}
+            with tracking.child_run(name, _run_params(cfg, registry, extra), tags, enabled=track) as run_id:
                 seg = train_segmenter(cfg, registry, train_pairs, val_pairs, work_dir, synthetic, mix_used, label=name)
                 _log_training(seg.training_info)
                 for eval_name, pairs in eval_sets.items():

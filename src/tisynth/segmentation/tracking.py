@@ -48,15 +48,23 @@ def active() -> bool:
         return False
 
 
+INHERITED_TAGS = ("pipeline", "dataset", "setting")
+"""Tags of the parent run (``tisynth.mlflow_runs``) that every child run carries too, so that
+child runs of several ``kedro run``s can be grouped by setting in the MLflow UI."""
+
+
 @contextlib.contextmanager
 def child_run(name: str, params: Mapping[str, Any] | None = None,
               tags: Mapping[str, str] | None = None, enabled: bool = True) -> Iterator[str | None]:
-    """A nested MLflow run named ``name`` when a parent run is active; yields its id (or None)."""
+    """A nested MLflow run named ``name`` when a parent run is active; yields its id (or None).
+    It carries ``tags`` and the parent's :data:`INHERITED_TAGS`."""
     if not enabled or not active():
         yield None
         return
     mlflow = _mlflow()
-    with mlflow.start_run(run_name=name, nested=True, tags=dict(tags or {})) as run:
+    parent_tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+    inherited = {key: parent_tags[key] for key in INHERITED_TAGS if key in parent_tags}
+    with mlflow.start_run(run_name=name, nested=True, tags={**inherited, **dict(tags or {})}) as run:
         if params:
             flat = {safe_metric_name(k): (str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(params).items()}
             mlflow.log_params(flat)

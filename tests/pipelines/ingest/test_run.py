@@ -35,7 +35,7 @@ def test_default_ingest_writes_demo_scenes_tiles_and_mlflow_run(kedro_project):
     jsonl = pd.read_json(kedro_project / "data/03_primary/tisynth.jsonl", lines=True)
     assert list(jsonl.columns[:3]) == ["source", "target", "prompt"] and len(jsonl) == len(manifest)
     assert (kedro_project / "data/08_reporting/class_statistics.png").stat().st_size > 5000
-    assert mlflow_runs(kedro_project) == [("ingest", "FINISHED")]
+    assert mlflow_runs(kedro_project) == [("ingest · demo", "FINISHED")]
 
     # a rerun replaces the tiles cleanly, versions the manifest and opens a second MLflow run
     run_kedro(kedro_project, ["ingest"])
@@ -94,7 +94,7 @@ def test_each_project_keeps_its_own_mlflow_store_within_one_process(kedro_projec
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     run_kedro(other, ["ingest"])
-    assert mlflow_runs(kedro_project) == [("ingest", "FINISHED")]
+    assert mlflow_runs(kedro_project) == [("ingest · demo", "FINISHED")]
     assert mlflow_runs(other) == [("ingest", "FINISHED")]
     assert not (elsewhere / "mlflow.db").exists()
 
