@@ -89,7 +89,7 @@ def test_one_mlflow_run_with_curves_figures_and_child_runs(chain):
     with sqlite3.connect(chain / "mlflow.db") as db:
         runs = db.execute("select run_uuid, name, status, artifact_uri from runs").fetchall()
         # `kedro run` on the demo scenes with a target folder, named after what ran
-        parent = [r for r in runs if r[1].startswith("all · demo→target · ")]
+        parent = [r for r in runs if r[1].startswith("all · demo→")]
         assert len(parent) == 1 and parent[0][2] == "FINISHED", [r[1] for r in runs]
         parent_id = parent[0][0]
         children = dict(db.execute("select r.name, t.value from runs r join tags t on t.run_uuid = r.run_uuid "
@@ -97,12 +97,13 @@ def test_one_mlflow_run_with_curves_figures_and_child_runs(chain):
         tags = {(name, key): value for name, key, value in db.execute(
             "select r.name, t.key, t.value from runs r join tags t on t.run_uuid = r.run_uuid "
             "where t.key in ('variant', 'seed', 'setting', 'role')").fetchall()}
-    setting = parent[0][1].removeprefix("all · ")
+        metrics = {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (parent_id,))}
+        params = {k for (k,) in db.execute("select key from params where run_uuid = ?", (parent_id,))}
+    setting = tags[(parent[0][1], "setting")]
+    assert setting.startswith("demo→") and "demo_scenes.size=128" in setting
     assert tags[("augmented-seed0", "variant")] == "augmented" and tags[("augmented-seed0", "seed")] == "0"
     assert tags[("baseline-seed0", "setting")] == tags[("real_segmenter", "setting")] == setting
     assert tags[("real_segmenter", "role")] == "filter_segmenter"
-        metrics = {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (parent_id,))}
-        params = {k for (k,) in db.execute("select key from params where run_uuid = ?", (parent_id,))}
     assert {"real_segmenter", "baseline-seed0", "augmented-seed0"} <= set(children)
     assert set(children.values()) == {parent_id}
     assert {"generator_base/loss", "generator_B/loss", "generator_B/lr", "generator_B/effective_batch_size"} <= metrics
