@@ -84,8 +84,8 @@ def test_kedro_and_python_m_tisynth_use_this_run_command():
 
 def _cli(args: list[str], cwd: Path, **env: str) -> tuple[int, str]:
     environ = {k: v for k, v in os.environ.items() if k != TRACEBACK_VARIABLE}
-    done = subprocess.run(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-                          env={**environ, "KEDRO_DISABLE_TELEMETRY": "1", **env})
+    done = subprocess.run(args, check=False, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600, env={**environ, "KEDRO_DISABLE_TELEMETRY": "1", **env})
     return done.returncode, done.stdout
 
 

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
+from itertools import pairwise
 from typing import Any
 
 from tisynth.errors import TisynthError
@@ -110,7 +111,7 @@ def sort_layers(edges: Iterable[LayerEdge], layers: Iterable[str] = (), total: b
     except CycleError as exc:
         cycle = list(exc.args[1])  # [a, b, ..., a]: data lead from each layer to the next
         steps = [next(e for e in edges if e.source_layer == a and e.target_layer == b)
-                 for a, b in zip(cycle, cycle[1:])]
+                 for a, b in pairwise(cycle)]
         raise LayerError("the layers form a cycle, " + " → ".join(cycle) + ", through: "
                          + "; ".join(str(s) for s in steps)) from None
     # Kahn's algorithm, the earliest layer of LAYERS first among those whose sources are placed
