@@ -28,7 +28,7 @@ from typing import Any
 EXPERIMENT = "tisynth"
 """The experiment of ``conf/base/mlflow.yml``."""
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-"""The experiment tag the MLflow UI reads for the kind of an experiment."""
+"""The experiment tag that holds an experiment's kind in MLflow 3 (its "experiment type")."""
 MODEL_TRAINING = "custom_model_development"
 """Its value for a machine-learning (model-training) experiment; GenAI ones are ``genai_development``."""
 
