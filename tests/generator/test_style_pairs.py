@@ -194,7 +194,9 @@ def test_global_style_path_starts_as_identity_trains_in_stage_b_and_round_trips(
     assert plain.style_cond is None and styled.style_cond is not None
     names = styled.trainable_parameter_names("B")
     assert any(n.startswith("style_cond.") for n in names)
-    assert not any(n.startswith("style_cond.") for n in styled.trainable_parameter_names("base"))
+    # style-first: the base trains the path from its first step, as a mask-first base trains the mask's
+    assert styled.style_first and not plain.style_first
+    assert any(n.startswith("style_cond.") for n in styled.trainable_parameter_names("base"))
     masks = torch.from_numpy(np.stack([t["mask"] for t in tiles[:2]]))
     x = torch.randn(2, plain.latent_channels, 16, 16, generator=torch.Generator().manual_seed(0))
     text = plain.encode_prompts([t["prompt"] for t in tiles[:2]])
@@ -209,6 +211,13 @@ def test_global_style_path_starts_as_identity_trains_in_stage_b_and_round_trips(
         c = styled.predict_noise(x, t, text, styled.encode_control(masks), ref)
         d = styled.predict_noise(x, t, text, styled.encode_control(masks), ref.flip(0) * 1.5 + 0.3)
         assert (c - d).abs().max() > 1e-4  # another Ref's statistics change the prediction
+        # the base alone (mode base: no ControlNet, no AIA) takes the Ref's look through the path; no Ref = the dropped Ref
+        e = styled.predict_noise(x, t, text, styled.encode_control(masks), ref, mode="base")
+        f = styled.predict_noise(x, t, text, styled.encode_control(masks), ref.flip(0) * 1.5 + 0.3, mode="base")
+        assert (e - f).abs().max() > 1e-4
+        none = styled.predict_noise(x, t, text, styled.encode_control(masks), None, mode="base")
+        zero = styled.predict_noise(x, t, text, styled.encode_control(masks), torch.zeros_like(ref), mode="base")
+        assert torch.equal(none, zero)
     styled.save_pretrained(tmp_path / "g")
     back = TISynthGenerator.from_pretrained(tmp_path / "g")
     with torch.no_grad():
@@ -264,3 +273,16 @@ def test_ref_steering_report_with_and_without_a_target(registry, tiles, tmp_path
         SteeringSettings.from_params({"masks": 2, "seed_items": 3})
     with pytest.raises(SteeringError, match="unknown"):
         SteeringSettings.from_params({"maskz": 2})
+
+
+def test_a_style_first_base_trains_on_style_pairs_with_its_ref(registry, tiles, tmp_path):
+    source, manifest = _tileset(tmp_path / "src", tiles[:6])
+    model = build_generator({"preset": "tiny", "style_conditioning": "global"}, registry, seed=0)
+    cache = build_latent_cache(model.autoencoder, source, manifest, tmp_path / "cache", variants=1, progress=False)
+    styles = build_style_cache(model.autoencoder, source, manifest, cache, {}, k=1, progress=False)
+    data = PairedLatentDataset(cache, source, manifest, styles=styles)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("style_cond.")}
+    _, hist = train_generator(model, data, {**FAST, "stage": "base", "steps": 2, "sample_every": 2}, tmp_path / "base")
+    assert len(hist) == 2
+    moved = [n for n, p in model.named_parameters() if n.startswith("style_cond.heads") and not torch.equal(p, before[n])]
+    assert moved  # the zero-initialised heads left zero: the base used the Ref

@@ -341,6 +341,11 @@ class TISynthGenerator(nn.Module):
         return bool(self.config.get("mask_residual", False))
 
     @property
+    def style_first(self) -> bool:
+        """The base UNet itself takes the Ref's look, through the global style path (``style_conditioning: global``)."""
+        return self.style_cond is not None
+
+    @property
     def mask_first(self) -> bool:
         """The base UNet itself is conditioned on the mask (``mask_conditioning`` spade/concat)."""
         return str(self.config.get("mask_conditioning", "controlnet")) != "controlnet"
@@ -462,6 +467,14 @@ class TISynthGenerator(nn.Module):
         self.features.clear()
         self.mask_store.clear()
         self.style_store.clear()
+        if self.style_cond is not None:
+            # the global style path acts in every mode; without a Ref it sees the dropped (all-zero) Ref
+            if ref_latents is not None and ref_latents.shape[1:] != sample.shape[1:]:
+                raise GeneratorError(f"Ref latents {tuple(ref_latents.shape)} and noisy latents {tuple(sample.shape)} differ in shape")
+            style_ref = ref_latents if ref_latents is not None else torch.zeros_like(sample)
+            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.style_cond.parameters())
+            with torch.set_grad_enabled(grad):
+                self.style_store.set(self.style_cond.embedding(style_ref))
         if mode == "base" and not self.mask_first:
             return self.unet(sample, timesteps, text, return_dict=False)[0]
         if control is None:
@@ -490,10 +503,6 @@ class TISynthGenerator(nn.Module):
             raise GeneratorError("mode 'tisynth' needs Ref latents (encode the Ref images with encode_images)")
         if ref_latents.shape[1:] != sample.shape[1:]:
             raise GeneratorError(f"Ref latents {tuple(ref_latents.shape)} and noisy latents {tuple(sample.shape)} differ in shape")
-        if self.style_cond is not None:
-            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.style_cond.parameters())
-            with torch.set_grad_enabled(grad):
-                self.style_store.set(self.style_cond.embedding(ref_latents))
         if self.mask_residual:
             # the mask ControlNet's outputs feed the AIA sites *and* the UNet residually
             grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.mask_controlnet.parameters())
@@ -543,7 +552,8 @@ class TISynthGenerator(nn.Module):
         if train_unet_decoder and stage == "base":
             raise GeneratorError("train_unet_decoder applies to stages A and B (base trains the whole UNet)")
         if stage == "base":
-            prefixes = ["unet.", "mask_cond."]
+            # a global style path trains from the base's first step (the Ref conditions the base, as the mask does)
+            prefixes = ["unet.", "mask_cond.", "style_cond."]
         elif stage == "A":
             prefixes = ["mask_controlnet."]
         else:

@@ -308,7 +308,7 @@ def _prepare_inputs(
         wants_mask = cfg.stage != "base" or model.mask_first
         control = model.encode_control(masks.to(device)) if wants_mask else None
         ref_latents = None
-        if cfg.stage == "B":
+        if cfg.stage == "B" or (cfg.stage == "base" and model.style_first):
             if "ref_latents" in batch:  # the item names its Ref (another tile): crop it like any Ref
                 own = batch["ref_latents"][:, None]
                 ref_latents = latent_ref(own, torch.zeros(b, dtype=torch.long), cfg.ref_crop, gen).to(device)

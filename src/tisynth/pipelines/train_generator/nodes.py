@@ -95,15 +95,29 @@ def cache_latents(model: Any, tiles: TileSet, manifest: pd.DataFrame, target_til
     return out
 
 
-def _stage_b_extras(generator: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
-    """What stage B depends on beyond its settings: style pairs, mask-free tiles, the global style path.
+def _style_first(generator: dict[str, Any]) -> bool:
+    """The base itself takes the Ref's look (a global style path): it then trains on the paired items too."""
+    return resolve_generator_config(generator).get("style_conditioning", "none") != "none"
+
+
+def _paired_stage(stage: str, generator: dict[str, Any]) -> bool:
+    """Stages that train on style pairs and mask-free tiles (when enabled): B, and the base of a style-first model."""
+    return stage == "B" or (stage == "base" and _style_first(generator))
+
+
+def _stage_extras(stage: str, generator: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
+    """What a paired stage depends on beyond its settings: style pairs, mask-free tiles, the global style path.
 
     Each enters only when used, so the fingerprints of the paper's recipe do not change.
     """
+    if not _paired_stage(stage, generator):
+        return {}
     extras: dict[str, Any] = {}
-    style = resolve_generator_config(generator).get("style_conditioning", "none")
+    resolved = resolve_generator_config(generator)
+    style = resolved.get("style_conditioning", "none")
     if style != "none":
         extras["_style_conditioning"] = style
+        extras["_style_conditioning_hidden"] = resolved.get("style_conditioning_hidden")
     if cache.get("styles"):
         extras["_style_pairs"] = cache["styles"]["digest"]
     if cache.get("unlabeled"):
@@ -120,7 +134,7 @@ def _train_tiles(tiles: TileSet, manifest: pd.DataFrame, params: dict[str, Any])
 
 def _fingerprint_chain(stage: str, generator: dict[str, Any], tiles: TileSet, manifest: pd.DataFrame,
                        params: dict[str, Any], ref_augment: dict[str, Any],
-                       b_extras: dict[str, Any] | None = None) -> tuple[str, str]:
+                       cache: dict[str, Any] | None = None) -> tuple[str, str]:
     """(this stage's fingerprint, the one versions that knew tiles by name only gave it)."""
     cache = dict(params.get("latent_cache") or {})
     # the global style path only exists from stage B on: it enters B's fingerprint, not the data's
@@ -132,10 +146,7 @@ def _fingerprint_chain(stage: str, generator: dict[str, Any], tiles: TileSet, ma
               stages.names_data_fingerprint(data, _train_names(manifest, params))]
     for s in stages.STAGES:
         cfg = stages.stage_config(params, s, ref_augment)
-        if s == "B":
-            cfg.update(b_extras or {})
-            if "_style_conditioning" in cfg:
-                cfg["_style_conditioning_hidden"] = resolve_generator_config(generator).get("style_conditioning_hidden")
+        cfg.update(_stage_extras(s, generator, cache or {}))
         steps = [stages.stage_fingerprints(up, cfg) for up in chains]
         if s == stage:
             return steps[0][0], steps[1][0]
@@ -156,17 +167,16 @@ def _train(stage: str, model: Any, cache: dict[str, Any], tiles: TileSet, manife
         log.info("stage %s skipped (steps: 0)", stage)
         return model, []
     rows = manifest[manifest["name"].isin(_train_names(manifest, params))]
-    extras = _stage_b_extras(generator, cache) if stage == "B" else {}
-    if stage == "B" and (cache.get("styles") or cache.get("unlabeled")):
+    if _paired_stage(stage, generator) and (cache.get("styles") or cache.get("unlabeled")):
         unlabeled = [{"cache": u["cache"], "repeat": u["repeat"]} for u in cache.get("unlabeled") or []]
         data = PairedLatentDataset(cache, tiles, rows, styles=cache.get("styles"), unlabeled=unlabeled)
-        log.info("stage B items: %d labelled x orientations, %d styled, %d mask-free", data.n_plain, data.n_styled,
-                 data.n_unlabeled)
+        log.info("stage %s items: %d labelled x orientations, %d styled, %d mask-free", stage, data.n_plain,
+                 data.n_styled, data.n_unlabeled)
     elif cache.get("enabled"):
         data = LatentTileDataset(cache, tiles, rows)
     else:
         data = TileDataset(tiles, rows, split=None)
-    fingerprint, by_names = _fingerprint_chain(stage, generator, tiles, manifest, params, ref_augment, extras)
+    fingerprint, by_names = _fingerprint_chain(stage, generator, tiles, manifest, params, ref_augment, cache)
     folder = stages.prepare_checkpoint_dir(Path(params["checkpoint_dir"]) / f"stage_{stage}", fingerprint,
                                            adopt=[by_names])
     log.info("stage %s: %d training tiles, %d steps, checkpoints in %s", stage, len(data), cfg["steps"], folder)
