@@ -71,6 +71,8 @@ class SteeringSettings:
                 raise SteeringError(f"ref_steering.{name} must be a non-negative integer, got {value!r}")
         if cfg.masks and cfg.masks < 2:
             raise SteeringError(f"ref_steering.masks must be 0 or at least 2, got {cfg.masks}")
+        if cfg.masks and cfg.real_tiles < 2:
+            raise SteeringError(f"ref_steering.real_tiles must be at least 2, got {cfg.real_tiles}")
         if cfg.seed_items > cfg.masks:
             raise SteeringError(f"ref_steering.seed_items ({cfg.seed_items}) cannot exceed ref_steering.masks ({cfg.masks})")
         return cfg
@@ -176,8 +178,11 @@ def choose_inputs(tiles: TileSet, manifest: pd.DataFrame, target_tiles: TileSet 
         src_set = tgt_set = tiles
         labels = (f"{col}s {', '.join(a[:3])}{'…' if len(a) > 3 else ''}", f"{col}s {', '.join(b[:3])}{'…' if len(b) > 3 else ''}")
         masks_from = labelled[labelled["split"] == cfg.mask_split]
-    if masks_from.empty:
-        raise SteeringError(f"ref_steering.mask_split: no labelled tiles of split {cfg.mask_split!r}")
+    if len(masks_from) < 2:  # a tiny dataset: every labelled tile may serve
+        log.info("ref_steering: %d labelled %s tile(s); taking the masks from every split", len(masks_from), cfg.mask_split)
+        masks_from = labelled
+    if len(masks_from) < 2:
+        raise SteeringError(f"ref_steering: at least two labelled tiles are needed, got {len(masks_from)}")
     if len(src_rows) < 2 or len(tgt_rows) < 2:
         raise SteeringError(f"the Ref-steering report needs at least two tiles on each side, got {len(src_rows)} and {len(tgt_rows)}")
     mask_rows = masks_from.iloc[sorted(rng.choice(len(masks_from), size=min(cfg.masks, len(masks_from)), replace=False))]
@@ -225,7 +230,10 @@ def ref_steering(model: Any, inputs: SteeringInputs, cfg: SteeringSettings, samp
         metrics["ref_effect_same_items"] = mean_abs_change(syn_src[:m], syn_tgt[:m])
         metrics["ref_over_seed"] = metrics["ref_effect_same_items"] / max(metrics["seed_effect"], 1e-9)
     metrics.update(colour_transfer(syn_src, syn_tgt, inputs.real_source, inputs.real_target))
-    if cfg.kid:
+    small = min(n, len(inputs.real_source), len(inputs.real_target))
+    if cfg.kid and small < 2:
+        log.info("ref_steering: KID skipped (a set of %d image(s); it needs two)", small)
+    if cfg.kid and small >= 2:
         from tisynth.generator.quality import inception_extractor, kernel_inception_distance
 
         ext = extractor if extractor is not None else inception_extractor()
