@@ -265,9 +265,9 @@ def sample_images(
     for sl in tqdm(batches, desc="sampling", disable=not cfg.progress):
         wants_mask = cfg.mode != "base" or model.mask_first
         control = model.encode_control(mask_arr[sl]) if mask_arr is not None and wants_mask else None
-        # a Ref is used in mode tisynth, and in every mode by a generator whose base takes the Ref's look
-        uses_ref = cfg.mode == "tisynth" or model.style_first
-        ref_lat = model.encode_images(uint8_to_images(ref_arr[sl])) if ref_arr is not None and uses_ref else None
+        # only mode tisynth uses the Ref: in modes base and controlnet a style-first base sees the dropped Ref,
+        # so they stay the mask-only control
+        ref_lat = model.encode_images(uint8_to_images(ref_arr[sl])) if ref_arr is not None and cfg.mode == "tisynth" else None
         lat_size = (size.shape[1] // model.downsample_factor, size.shape[2] // model.downsample_factor)
         latents = sample_latents(model, control, ref_lat, list(prompts[sl]), list(seeds[sl]), cfg, latent_size=lat_size)
         out.append(images_to_uint8(model.decode_latents(latents)))
