@@ -637,6 +637,7 @@ class TISynthGenerator(nn.Module):
         if meta.get("format_version") != FORMAT_VERSION:
             raise GeneratorError(f"{meta_path}: format version {meta.get('format_version')} not supported (expected {FORMAT_VERSION})")
         saved = ClassRegistry.from_dict(meta["registry"])
+        cfg = meta["config"]
         differences = saved.class_differences(registry) if registry is not None else []
         if differences:
             raise GeneratorError(f"{folder}: trained for other classes than the given registry: {differences}")
@@ -651,8 +652,12 @@ class TISynthGenerator(nn.Module):
             ControlNetModel.from_pretrained(folder / "controlnet_mask"),
             ControlNetModel.from_pretrained(folder / "controlnet_ref"),
             aia_state=read_safetensors(folder / "aia" / "aia.safetensors"),
-            mask_cond_state=_optional_weights(folder / "mask_cond" / "mask_cond.safetensors", meta["config"]),
-            style_cond_state=_style_weights(folder / "style_cond" / "style_cond.safetensors", meta["config"]),
+            mask_cond_state=_part_weights(
+                folder / "mask_cond" / "mask_cond.safetensors", cfg.get("mask_conditioning", "controlnet") != "controlnet",
+                f"the generator is mask-conditioned ({cfg.get('mask_conditioning')})"),
+            style_cond_state=_part_weights(folder / "style_cond" / "style_cond.safetensors",
+                                           cfg.get("style_conditioning", "none") != "none",
+                                           "the generator has a global style path"),
         )
         if device is not None:
             model.to(device)
@@ -681,19 +686,12 @@ def _load_exactly(module: nn.Module, state: Mapping[str, torch.Tensor], what: st
         raise GeneratorError(f"{what} (missing {result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]}){hint}")
 
 
-def _optional_weights(path: Path, config: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
-    if str(config.get("mask_conditioning", "controlnet")) == "controlnet":
+def _part_weights(path: Path, used: bool, what: str) -> dict[str, torch.Tensor] | None:
+    """The weights of an optional part (None when the config does not use it); a used part's missing file is an error."""
+    if not used:
         return None
     if not path.is_file():
-        raise GeneratorError(f"{path} is missing: the generator is mask-conditioned ({config['mask_conditioning']}) but its weights are not there")
-    return read_safetensors(path)
-
-
-def _style_weights(path: Path, config: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
-    if str(config.get("style_conditioning", "none")) == "none":
-        return None
-    if not path.is_file():
-        raise GeneratorError(f"{path} is missing: the generator has a global style path but its weights are not there")
+        raise GeneratorError(f"{path} is missing: {what} but its weights are not there")
     return read_safetensors(path)
 
 

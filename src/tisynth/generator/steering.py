@@ -163,21 +163,22 @@ def choose_inputs(tiles: TileSet, manifest: pd.DataFrame, target_tiles: TileSet 
     labelled = manifest[manifest["mask"].notna()]
     has_target = target_manifest is not None and len(target_manifest) > 0 and target_tiles is not None
     pool = manifest[manifest["split"] != "test"]
+    src_set, src_rows = tiles, pool
     if has_target:
-        splits = list(target_splits) if target_splits else sorted(set(target_manifest["split"]) - {"test"}) or sorted(set(target_manifest["split"]))
+        from tisynth.references import target_pool_splits
+
+        splits = list(target_splits) if target_splits else target_pool_splits(target_manifest)
         tgt_rows = target_manifest[target_manifest["split"].isin(splits)]
-        src_rows = pool
-        src_set, tgt_set = tiles, target_tiles
+        tgt_set = target_tiles
         labels = ("source", "target")
-        masks_from = labelled[labelled["split"] == cfg.mask_split]
     else:
         col = "group" if "group" in manifest.columns and manifest["group"].nunique() > 1 else "source"
         a, b = split_groups(pool)
         src_rows = pool[pool[col].astype(str).isin(a)]
         tgt_rows = pool[pool[col].astype(str).isin(b)]
-        src_set = tgt_set = tiles
+        tgt_set = tiles
         labels = (f"{col}s {', '.join(a[:3])}{'…' if len(a) > 3 else ''}", f"{col}s {', '.join(b[:3])}{'…' if len(b) > 3 else ''}")
-        masks_from = labelled[labelled["split"] == cfg.mask_split]
+    masks_from = labelled[labelled["split"] == cfg.mask_split]
     if len(masks_from) < 2:  # a tiny dataset: every labelled tile may serve
         log.info("ref_steering: %d labelled %s tile(s); taking the masks from every split", len(masks_from), cfg.mask_split)
         masks_from = labelled
