@@ -102,7 +102,7 @@ def _train_generator(params: Mapping[str, Any], block: Mapping[str, Any]) -> Non
 
 def _style_pairs_and_unlabeled(params: Mapping[str, Any], block: Mapping[str, Any]) -> None:
     """``train_generator.style_pairs`` and ``.unlabeled``: ranges, counts, and a target that has images."""
-    from tisynth.generator.styles import StyleFamily
+    from tisynth.styles import StyleFamily
 
     style = block.get("style_pairs") or {}
     StyleFamily.from_dict(style.get("family"), where="train_generator.style_pairs.family")

@@ -27,7 +27,7 @@ from tisynth.generator.steering import (
     split_groups,
     steering_figure,
 )
-from tisynth.generator.styles import Style, StyleError, StyleFamily, apply_style, style_sets
+from tisynth.styles import Style, StyleError, StyleFamily, apply_style, style_sets
 from tisynth.generator.augment import RefAugment
 from tisynth.generator.train import TrainConfig, _prepare_inputs
 from tisynth.io import TileSet, write_image

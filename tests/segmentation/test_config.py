@@ -188,3 +188,31 @@ def test_new_model_keys_keep_existing_fingerprints():
     lite2 = SegmenterConfig.from_params({"model": {"type": "efficientnet_lite", "variant": "lite2"}})
     assert lite2.to_dict()["model"]["variant"] == "lite2"
     assert SegmenterConfig.from_params(lite2.to_dict()) == lite2
+
+
+def test_sensor_style_augmentation_is_off_by_default_and_keeps_fingerprints():
+    cfg = SegmenterConfig.from_params({})
+    assert cfg.data.style_augment == 0.0
+    data = cfg.to_dict()["data"]
+    assert "style_augment" not in data and "style_family" not in data  # existing jobs keep their folders
+    from tisynth.segmentation.config import train_pipeline
+
+    assert all(step["type"] != "RandomSensorStyle" for step in train_pipeline(cfg, 5))
+    on = SegmenterConfig.from_params({"data": {"style_augment": 0.5, "style_family": {"gamma": [0.8, 1.4]}}})
+    assert on.to_dict()["data"]["style_family"] == {"gamma": [0.8, 1.4]}
+    assert SegmenterConfig.from_params(on.to_dict()) == on
+    step = [s for s in train_pipeline(on, 5) if s["type"] == "RandomSensorStyle"]
+    assert step == [{"type": "RandomSensorStyle", "prob": 0.5, "family": {"gamma": [0.8, 1.4]}}]
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"style_augment": 1.5}, r"segmenter\.data\.style_augment"),
+        ({"style_augment": 0.5, "style_family": {"gamma": [1.4, 0.8]}}, r"segmenter\.data\.style_family\.gamma.*interval"),
+        ({"style_augment": 0.5, "style_family": {"tint": [0, 1]}}, r"segmenter\.data\.style_family: unknown key"),
+    ],
+)
+def test_bad_sensor_style_settings_name_the_key(data, match):
+    with pytest.raises(ConfigError, match=match):
+        SegmenterConfig.from_params({"data": data})

@@ -148,3 +148,25 @@ def test_ema_weights_are_the_ones_validated_and_kept(toy_tiles, registry, tmp_pa
     chosen = load_checkpoint_file(ema.training_info["checkpoint"], map_location="cpu")["state_dict"]
     for k, v in chosen.items():
         torch.testing.assert_close(kept[k].cpu(), v)
+
+
+def test_random_sensor_style_restyles_the_image_and_never_the_mask():
+    import numpy as np
+
+    from tisynth.segmentation.mm import RandomSensorStyle
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(40, 200, size=(32, 32, 3), dtype=np.uint8)
+    mask = rng.integers(0, 5, size=(32, 32), dtype=np.uint8)
+
+    def run(prob: float) -> dict:
+        np.random.seed(3)
+        return RandomSensorStyle(prob, {"gain": [0.5, 0.6], "offset": [0, 0], "haze": [0, 0]}).transform(
+            {"img": img.copy(), "gt_seg_map": mask.copy(), "img_path": "a.png"})
+
+    assert np.array_equal(run(0.0)["img"], img)
+    out = run(1.0)
+    assert out["img"].dtype == np.uint8 and out["img"].shape == img.shape
+    assert out["img"].mean() < 0.8 * img.mean()  # gain <= 0.6, no offset, no haze: darker
+    assert np.array_equal(out["gt_seg_map"], mask)
+    assert np.array_equal(run(1.0)["img"], out["img"])  # numpy's seeded stream decides the style

@@ -43,7 +43,7 @@ from tisynth.classes import IGNORE_INDEX
 from tisynth.errors import TisynthError
 from tisynth.generator.autoencoders import LatentAutoencoder
 from tisynth.generator.data import TileDataset, TileDatasetError, collate_latent_items, uint8_to_images
-from tisynth.generator.styles import Style, StyleFamily, apply_style, style_sets
+from tisynth.styles import Style, StyleFamily, apply_style, style_sets
 from tisynth.io import TileSet, atomic_path, write_json_atomic
 from tisynth.runs import ItemRecords, file_digest, settings_digest, weights_digest
 from tisynth.weights import read_safetensors
@@ -231,7 +231,7 @@ def build_style_cache(
     """Encode every labelled tile of ``manifest`` in ``k`` random styles, beside the plain cache ``cache``.
 
     Round ``r`` (0..k-1) partitions the tiles into seeded sets of ``set_size`` (within the
-    manifest's ``group`` where it has one, :func:`tisynth.generator.styles.style_sets`); each set
+    manifest's ``group`` where it has one, :func:`tisynth.styles.style_sets`); each set
     draws one style from ``family`` and all its tiles are rendered in it and encoded. A training
     item (tile, round) then takes as its Ref another tile of its set, in the same style.
 

@@ -61,7 +61,8 @@ BACKBONE_STARTS = ("pretrained", "scratch")  # the keys of a per-start optimizer
 # leaves them out while they hold their default, so existing jobs keep their fingerprints
 # (and work-folder names).
 LATE_KEYS: dict[str, dict[str, Any]] = {"model": {"variant": "lite0"}, "train": {"ema_momentum": None},
-                                        "optimizer": {"backbone_lr_mult": 1.0}}
+                                        "optimizer": {"backbone_lr_mult": 1.0},
+                                        "data": {"style_augment": 0.0, "style_family": {}}}
 
 
 class ConfigError(TisynthError, ValueError):
@@ -142,6 +143,10 @@ class DataConfig:
         flip_prob: probability of a flip.
         flip_directions: flip directions drawn uniformly when flipping.
         photometric: mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue).
+        style_augment: probability that a training crop is rendered in a random sensor style
+            (per-band gain and offset, gamma, saturation, contrast, blur, haze, noise:
+            :class:`tisynth.styles.StyleFamily`); 0 switches it off.
+        style_family: ranges of that style family (keys of ``StyleFamily``; empty = its defaults).
         mean, std: per-channel normalisation of RGB uint8 input.
         cache_images: keep decoded images and masks in memory (per data-loading process).
     """
@@ -152,6 +157,8 @@ class DataConfig:
     flip_prob: float = 0.5
     flip_directions: tuple[str, ...] = ("horizontal", "vertical")
     photometric: bool = True
+    style_augment: float = 0.0
+    style_family: dict[str, Any] = field(default_factory=dict)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     cache_images: bool = True
@@ -173,6 +180,19 @@ class DataConfig:
             raise ConfigError(f"segmenter.data.flip_directions: {list(self.flip_directions)}; use {list(FLIP_DIRECTIONS)}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("segmenter.data: mean and std need 3 values each, std > 0")
+        if not 0.0 <= float(self.style_augment) <= 1.0:
+            raise ConfigError(f"segmenter.data.style_augment: a probability in [0, 1], got {self.style_augment!r}")
+        if not isinstance(self.style_family, Mapping):
+            raise ConfigError(f"segmenter.data.style_family: a mapping of ranges, got {self.style_family!r}")
+        from tisynth.styles import StyleError, StyleFamily
+
+        try:
+            family = StyleFamily.from_dict(self.style_family, "segmenter.data.style_family")
+        except StyleError as exc:
+            raise ConfigError(str(exc)) from None
+        given = set(self.style_family)
+        object.__setattr__(self, "style_augment", float(self.style_augment))
+        object.__setattr__(self, "style_family", {k: v for k, v in family.to_dict().items() if k in given})
 
 
 @dataclass(frozen=True)
@@ -709,6 +729,8 @@ def train_pipeline(config: SegmenterConfig, num_classes: int) -> list[dict[str, 
         # mmcv treats the array as BGR; on RGB input the hue shift is mirrored, which leaves the
         # (symmetric) distribution of the augmentation unchanged.
         steps.append({"type": "PhotoMetricDistortion"})
+    if d.style_augment > 0:
+        steps.append({"type": "RandomSensorStyle", "prob": d.style_augment, "family": dict(d.style_family)})
     steps.append({"type": "PackSegInputs", "meta_keys": list(PACK_META_KEYS)})
     return steps
 

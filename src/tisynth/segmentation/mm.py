@@ -128,6 +128,40 @@ class LoadTisynthPair(BaseTransform):
 
 
 @TRANSFORMS.register_module(force=True)
+class RandomSensorStyle(BaseTransform):
+    """Render the image, with probability ``prob``, in a random sensor style (the mask is untouched).
+
+    The style is drawn from :class:`tisynth.styles.StyleFamily` (``family``: its ranges, empty =
+    the defaults) with a seed from numpy's global generator, which mmengine seeds per run and
+    per data-loading worker, so a seeded training run sees the same styles again.
+
+    Args:
+        prob: probability of restyling a training crop.
+        family: ranges of the style family (keys of ``StyleFamily``).
+    """
+
+    def __init__(self, prob: float = 0.5, family: dict | None = None):
+        from tisynth.styles import StyleFamily
+
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"RandomSensorStyle: prob {prob} must lie in [0, 1]")
+        self.prob = float(prob)
+        self.family = StyleFamily.from_dict(family or {}, "segmenter.data.style_family")
+
+    def transform(self, results: dict) -> dict:
+        from tisynth.styles import apply_style
+
+        if self.prob <= 0 or np.random.rand() >= self.prob:
+            return results
+        style = self.family.draw(int(np.random.randint(0, 2**31 - 1)))
+        results["img"] = apply_style(np.ascontiguousarray(results["img"]), style, str(results.get("img_path", "")))
+        return results
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(prob={self.prob}, family={self.family.to_dict()})"
+
+
+@TRANSFORMS.register_module(force=True)
 class RandomRescale(BaseTransform):
     """Rescale image and mask by a random factor of their *own* size (bilinear / nearest).
 

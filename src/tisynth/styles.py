@@ -1,4 +1,6 @@
-"""Random photometric styles for training pairs in which the look is only knowable from the Ref.
+"""Random photometric sensor styles: the generator's style pairs and the segmenter's augmentation.
+
+Two users. (1) The generator's **style pairs**, where the look is only knowable from the Ref.
 
 TISynth trains its Ref path on a Ref made from the target image itself. A model trained from
 scratch then predicts the target's colours from the mask, the prompt and the noisy latent as
@@ -12,6 +14,11 @@ The family is a set of ranges (:class:`StyleFamily`, parameters ``train_generato
 :meth:`StyleFamily.draw` turns a seed into one concrete :class:`Style`, and :func:`apply_style`
 renders a uint8 tile in it. Everything is seeded: the same (seed, set) gives the same style,
 and the noise of a tile depends on the style's seed and the tile's name only.
+
+(2) The segmenter's **sensor-style augmentation** (``segmenter.data.style_augment``, the
+``RandomSensorStyle`` transform of :mod:`tisynth.segmentation.mm`): each training crop is
+rendered, with a given probability, in a style drawn from the same kind of family, so the
+segmenter does not learn features that hold for one sensor only.
 """
 
 from __future__ import annotations
