@@ -362,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plan rows of (e) / (f): kept, those whose TISynth image the filter kept (as (b); needs "
                         "the synthesize phase's filter); all, every plan row (as (d)) (default %(default)s)")
     p.add_argument("--reading-items", type=int, default=48, help="synthetic images per set read by the real-only segmenter")
+    p.add_argument("--segmenter-set", dest="segmenter_overrides", action="append", default=[],
+                   help="dotted.key=YAML below `segmenter`, for the compared segmenters only (a segmenter protocol, "
+                        "e.g. data.style_augment=0.5); the pipeline's own (the filter's) segmenter keeps the run's "
+                        "settings, so the synthetic sets stay the same (repeatable)")
+    p.add_argument("--results", default="results",
+                   help="folder of the workspace for this report (default %(default)s); give each segmenter "
+                        "protocol its own")
     return p
 
 
@@ -370,8 +377,14 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     VARIANTS.update(restyled_labels(args.restyle_pairs))
     workspace = Path(args.workspace).resolve()
-    out = workspace / "results"
+    out = workspace / args.results
     params = base_params(args.data, args.taef2, args.overrides)
+    segmenter_overrides = base_params(args.data, None, [])  # only its `segmenter` block is used
+    for item in args.segmenter_overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--segmenter-set {item!r}: expected dotted.key=value")
+        set_dotted(segmenter_overrides, f"segmenter.{key}", yaml.safe_load(value))
     settings_file = out / "params.json"
     if settings_file.is_file():
         before = json.loads(settings_file.read_text()).get("kedro_params")
@@ -396,6 +409,7 @@ def main() -> int:
         timings[key] = timings.get(key, 0.0) + run_pipelines(workspace, params, pipelines)
 
     from tisynth.io import TileSet
+    from tisynth.params import deep_merge
     from tisynth.segmentation.experiment import AUGMENTED, BASELINE, run_comparison
     from tisynth.segmentation.pairs import Pair, pairs_from_manifest, synthetic_pairs_from_manifest
 
@@ -438,7 +452,12 @@ def main() -> int:
         eval_sets = {"test": pairs_from_manifest(manifest, tiles, "test")}
         if len(target_manifest) and target_manifest["mask"].notna().any():
             eval_sets["target test"] = pairs_from_manifest(target_manifest, target_tiles, "test")
-        seg_params = ctx_params["segmenter"]
+        seg_params = deep_merge(ctx_params["segmenter"], segmenter_overrides.get("segmenter", {}))
+        if args.segmenter_overrides:
+            from tisynth.segmentation.config import SegmenterConfig
+
+            SegmenterConfig.from_params(seg_params)  # a bad protocol stops here, before any training
+            log.info("compared segmenters: %s", ", ".join(args.segmenter_overrides))
         work_root = workspace / ctx_params["segmenter_work_root"]
         mix = ctx_params["segment"]["mix"]
         rows = []

@@ -270,6 +270,16 @@ def train_segmenter(
     return Segmenter(model, model_config, registry, config, info, device)
 
 
+def load_segmenter_checkpoint(checkpoint: str | Path, config: SegmenterConfig | dict[str, Any],
+                              registry: ClassRegistry) -> Segmenter:
+    """A :class:`Segmenter` from one checkpoint file of a training job (e.g. not the selected one)."""
+    config = SegmenterConfig.from_params(config)
+    model_config = build_model_config(config, registry)
+    model = _load_selected(Path(checkpoint).parent, str(checkpoint), model_config)
+    return Segmenter(model, model_config, registry, config, {"checkpoint": str(checkpoint)},
+                     resolve_device(config.train.device))
+
+
 def segmenter_finished(work_dir: str | Path) -> bool:
     """Whether the training job of ``work_dir`` (a :func:`work_dir_for` folder) has finished."""
     return done_file(work_dir).is_file()

@@ -1,0 +1,113 @@
+"""Where the seed-to-seed spread of a segmenter's reading comes from.
+
+A reading of one test set by segmenters trained with several seeds spreads for two reasons:
+the models differ (initialisation, crop stream, which checkpoint the selection picked), and
+the test set is a finite sample of tiles (a rare class on few tiles makes its IoU, and so the
+mIoU, jump with a handful of pixels). The functions here separate the two:
+
+* :func:`tile_confusions`: one confusion matrix per test tile, so any subset of tiles can be
+  scored again without running the model;
+* :func:`bootstrap_miou`: the mIoU over tiles drawn with replacement, whose standard deviation
+  is the tile-sampling error of *one* model's reading;
+* :func:`spread_table`: per protocol, checkpoint rule and evaluation set, the mean reading, its
+  standard deviation over seeds, and the mean tile-sampling error beside it.
+
+If the seed spread is several times the tile-sampling error, and holds on a larger test set,
+the models themselves differ and only a training change (augmentation, longer training,
+weight averaging) cuts it; if the two are of one size, a larger test set does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tisynth.segmentation.metrics import confusion_matrix, metrics_from_confusion
+from tisynth.segmentation.pairs import Pair
+
+SPREAD_COLUMNS = ("protocol", "checkpoint", "eval_set", "tiles", "seeds", "mIoU_mean", "mIoU_std_over_seeds",
+                  "tile_sampling_se", "ratio")
+
+
+def tile_confusions(segmenter, pairs: Sequence[Pair], batch_size: int | None = None) -> np.ndarray:
+    """``N×K×K`` confusion matrices of ``segmenter`` on each of ``pairs`` (rows = truth)."""
+    k = segmenter.num_classes
+    out = [confusion_matrix(mask, logits.argmax(axis=0), k) for _, _, mask, logits in
+           segmenter.iter_pairs(pairs, batch_size)]
+    if not out:
+        return np.zeros((0, k, k), dtype=np.int64)
+    return np.stack(out).astype(np.int64)
+
+
+def miou(confusion: np.ndarray) -> float:
+    """mIoU of one ``K×K`` confusion matrix (classes absent from truth and prediction skipped)."""
+    return metrics_from_confusion(np.asarray(confusion)).miou
+
+
+def bootstrap_miou(confusions: np.ndarray, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """mIoU of ``n`` resamples of the tiles (with replacement, as many as there are).
+
+    Args:
+        confusions: ``N×K×K`` per-tile confusion matrices (:func:`tile_confusions`).
+        n: number of resamples.
+        seed: seed of the resampling.
+    """
+    c = np.asarray(confusions, dtype=np.int64)
+    if c.ndim != 3 or c.shape[1] != c.shape[2] or len(c) == 0:
+        raise ValueError(f"bootstrap_miou: expected N×K×K confusions with N >= 1, got shape {c.shape}")
+    if n < 2:
+        raise ValueError(f"bootstrap_miou: n must be >= 2, got {n}")
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(c), np.full(len(c), 1.0 / len(c)), size=n)  # n × N tile multiplicities
+    totals = np.einsum("bn,nij->bij", counts, c)
+    return np.array([miou(t) for t in totals])
+
+
+def spread_table(readings: pd.DataFrame) -> pd.DataFrame:
+    """Seed spread beside tile-sampling error, per (protocol, checkpoint, eval_set).
+
+    Args:
+        readings: one row per model reading, columns ``protocol``, ``checkpoint``, ``eval_set``,
+            ``seed``, ``tiles``, ``mIoU`` and ``boot_se`` (the reading's bootstrap standard error).
+
+    Returns:
+        :data:`SPREAD_COLUMNS`; ``ratio`` is the seed spread over the tile-sampling error.
+    """
+    need = {"protocol", "checkpoint", "eval_set", "seed", "tiles", "mIoU", "boot_se"}
+    missing = need - set(readings.columns)
+    if missing:
+        raise ValueError(f"spread_table: readings lack column(s) {sorted(missing)}")
+    rows = []
+    for (protocol, checkpoint, eval_set), part in readings.groupby(["protocol", "checkpoint", "eval_set"], sort=False):
+        std = float(part["mIoU"].std(ddof=1)) if len(part) > 1 else float("nan")
+        se = float(part["boot_se"].mean())
+        rows.append({"protocol": protocol, "checkpoint": checkpoint, "eval_set": eval_set,
+                     "tiles": int(part["tiles"].max()), "seeds": int(part["seed"].nunique()),
+                     "mIoU_mean": float(part["mIoU"].mean()), "mIoU_std_over_seeds": std,
+                     "tile_sampling_se": se, "ratio": std / se if se > 0 else float("nan")})
+    return pd.DataFrame(rows, columns=list(SPREAD_COLUMNS))
+
+
+def spread_markdown(table: pd.DataFrame) -> str:
+    """The spread table in percent points, as Markdown."""
+    lines = ["| protocol | checkpoint | eval set (tiles) | seeds | mIoU mean | std over seeds | tile-sampling SE | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples(index=False):
+        lines.append(f"| {r.protocol} | {r.checkpoint} | {r.eval_set} ({r.tiles}) | {r.seeds} | "
+                     f"{100 * r.mIoU_mean:.2f} | {100 * r.mIoU_std_over_seeds:.2f} | {100 * r.tile_sampling_se:.2f} | "
+                     f"{r.ratio:.1f} |")
+    return "\n".join(lines)
+
+
+def last_checkpoint(work_dir: str | Path) -> Path | None:
+    """The ``iter_<n>.pth`` with the largest ``n`` in a segmenter's work folder, or None."""
+    found = []
+    for path in Path(work_dir).glob("iter_*.pth"):
+        try:
+            found.append((int(path.stem.split("_", 1)[1]), path))
+        except ValueError:
+            continue
+    return max(found)[1] if found else None
