@@ -109,6 +109,25 @@ def base_params(data: str, taef2: str | None, overrides: list[str]) -> dict[str,
     return params
 
 
+def segmenter_protocol(items: list[str]) -> dict[str, Any]:
+    """``--segmenter-set`` items (``dotted.key=YAML`` below ``segmenter``) as a nested override;
+    the result is checked as a whole segmenter block, so a bad key or value stops the command."""
+    from tisynth.errors import TisynthError
+    from tisynth.segmentation.config import SegmenterConfig
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--segmenter-set {item!r}: expected dotted.key=value")
+        set_dotted(out, key, yaml.safe_load(value))
+    try:
+        SegmenterConfig.from_params(out)
+    except TisynthError as exc:
+        raise SystemExit(f"--segmenter-set: {exc}") from None
+    return out
+
+
 def prepare_workspace(workspace: Path) -> None:
     """A project folder whose data/ and mlflow.db belong to this experiment."""
     workspace.mkdir(parents=True, exist_ok=True)
@@ -379,12 +398,7 @@ def main() -> int:
     workspace = Path(args.workspace).resolve()
     out = workspace / args.results
     params = base_params(args.data, args.taef2, args.overrides)
-    segmenter_overrides = base_params(args.data, None, [])  # only its `segmenter` block is used
-    for item in args.segmenter_overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--segmenter-set {item!r}: expected dotted.key=value")
-        set_dotted(segmenter_overrides, f"segmenter.{key}", yaml.safe_load(value))
+    segmenter_overrides = segmenter_protocol(args.segmenter_overrides)
     settings_file = out / "params.json"
     if settings_file.is_file():
         before = json.loads(settings_file.read_text()).get("kedro_params")
@@ -452,11 +466,8 @@ def main() -> int:
         eval_sets = {"test": pairs_from_manifest(manifest, tiles, "test")}
         if len(target_manifest) and target_manifest["mask"].notna().any():
             eval_sets["target test"] = pairs_from_manifest(target_manifest, target_tiles, "test")
-        seg_params = deep_merge(ctx_params["segmenter"], segmenter_overrides.get("segmenter", {}))
+        seg_params = deep_merge(ctx_params["segmenter"], segmenter_overrides)
         if args.segmenter_overrides:
-            from tisynth.segmentation.config import SegmenterConfig
-
-            SegmenterConfig.from_params(seg_params)  # a bad protocol stops here, before any training
             log.info("compared segmenters: %s", ", ".join(args.segmenter_overrides))
         work_root = workspace / ctx_params["segmenter_work_root"]
         mix = ctx_params["segment"]["mix"]

@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -71,12 +70,7 @@ def main() -> int:
     if not settings.is_file():
         raise SystemExit(f"{settings}: not found; run benchmarks/experiment.py in this workspace first")
     params = json.loads(settings.read_text())["kedro_params"]
-    overrides: dict = {}
-    for item in args.segmenter_overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--segmenter-set {item!r}: expected dotted.key=value")
-        ex.set_dotted(overrides, key, yaml.safe_load(value))
+    overrides = ex.segmenter_protocol(args.segmenter_overrides)
     label = args.label or (", ".join(args.segmenter_overrides) or "experiment's segmenter")
     out = workspace / "spread"
     out.mkdir(exist_ok=True)
