@@ -16,8 +16,9 @@ beside the spread over seeds (:mod:`tisynth.segmentation.spread`).
         --segmenter-set data.style_augment=0.5 --label "style augment 0.5"
 
 Rows append to ``<workspace>/spread/readings.csv`` (one per seed, checkpoint, eval set and
-protocol; a rerun replaces its own rows) and the table of every protocol so far is printed
-and written to ``<workspace>/spread/spread.md``.
+protocol; a rerun replaces its own rows); the table of every protocol so far is printed and
+written to ``<workspace>/spread/spread.md``, the readings per seed drawn in
+``<workspace>/spread/spread_<rule>.png``.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def main() -> int:
     from tisynth.segmentation.config import SegmenterConfig
     from tisynth.segmentation.experiment import REAL_ONLY_JOB
     from tisynth.segmentation.pairs import pairs_from_manifest
-    from tisynth.segmentation.spread import (bootstrap_miou, last_checkpoint, miou, spread_markdown, spread_table,
-                                             tile_confusions)
+    from tisynth.segmentation.spread import (bootstrap_miou, last_checkpoint, miou, spread_figure, spread_markdown,
+                                             spread_table, tile_confusions)
     from tisynth.segmentation.train import (load_segmenter_checkpoint, segmenter_finished, train_segmenter,
                                             work_dir_for)
 
@@ -134,6 +135,8 @@ def main() -> int:
     tmp.replace(readings_file)
     text = spread_markdown(spread_table(new))
     (out / "spread.md").write_text(text + "\n")
+    for rule in dict.fromkeys(new["checkpoint"]):
+        spread_figure(new, rule).savefig(out / f"spread_{rule}.png", dpi=110)
     print(text)
     return 0
 

@@ -77,3 +77,14 @@ def test_last_checkpoint_is_the_highest_iteration(tmp_path):
     for name in ("iter_200.pth", "iter_1000.pth", "best_mIoU_iter_400.pth", "iter_x.pth"):
         (tmp_path / name).write_bytes(b"")
     assert last_checkpoint(tmp_path).name == "iter_1000.pth"
+
+
+def test_spread_figure_has_a_panel_per_eval_set_and_a_line_per_protocol():
+    from tisynth.segmentation.spread import spread_figure
+
+    rows = [{"protocol": p, "checkpoint": "selected", "eval_set": e, "seed": s, "tiles": 10, "mIoU": 0.5 + 0.01 * s,
+             "boot_se": 0.02} for p in ("a", "b") for e in ("source test", "target test") for s in range(3)]
+    fig = spread_figure(pd.DataFrame(rows))
+    axes = fig.axes
+    assert len(axes) == 2 and axes[1].get_title() == "target test (10 tiles)"
+    assert len(axes[0].get_legend().get_texts()) == 2

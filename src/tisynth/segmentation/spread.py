@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from tisynth.segmentation.metrics import confusion_matrix, metrics_from_confusion
 from tisynth.segmentation.pairs import Pair
@@ -111,3 +112,24 @@ def last_checkpoint(work_dir: str | Path) -> Path | None:
         except ValueError:
             continue
     return max(found)[1] if found else None
+
+
+def spread_figure(readings: pd.DataFrame, checkpoint: str = "selected") -> Figure:
+    """mIoU per seed, one panel per evaluation set, one line per protocol (``checkpoint`` rule)."""
+    part = readings[readings["checkpoint"] == checkpoint]
+    sets = list(dict.fromkeys(part["eval_set"]))
+    fig = Figure(figsize=(3.6 * max(1, len(sets)), 3.2), layout="constrained")
+    axes = fig.subplots(1, max(1, len(sets)), squeeze=False)[0]
+    for ax, name in zip(axes, sets):
+        sub = part[part["eval_set"] == name]
+        for protocol, rows in sub.groupby("protocol", sort=False):
+            rows = rows.sort_values("seed")
+            ax.errorbar(rows["seed"], 100 * rows["mIoU"], yerr=100 * rows["boot_se"], marker="o", capsize=3,
+                        label=f"{protocol} (std {100 * rows['mIoU'].std(ddof=1):.1f})")
+        ax.set_title(f"{name} ({int(sub['tiles'].max())} tiles)")
+        ax.set_xlabel("seed")
+        ax.set_ylabel("mIoU (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Reading per seed, {checkpoint} checkpoint (bars: tile-bootstrap standard error)", fontsize=10)
+    return fig
