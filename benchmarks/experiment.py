@@ -38,8 +38,8 @@ The settings of docs/results.md §4c are parameter overrides (``--set dotted.key
 Everything resumes and nothing is redone: generator checkpoints, synthetic images, filtered
 masks and segmenter work folders are reused by a rerun with the same settings, so the work can
 be made in chunks (``--variants`` / ``--seeds`` name what to add; ``--phases`` skips phases).
-Each run rewrites ``<workspace>/results`` from every finished segmenter of the workspace's
-settings: ``results_long.csv``, ``summary.md``, ``gains.csv`` and figures.
+Each run rewrites ``<workspace>/results`` (or ``--results``: one folder per segmenter protocol,
+``--segmenter-set``) from every finished segmenter of the workspace's settings: ``results_long.csv``, ``summary.md``, ``gains.csv`` and figures.
 """
 
 from __future__ import annotations
@@ -109,23 +109,37 @@ def base_params(data: str, taef2: str | None, overrides: list[str]) -> dict[str,
     return params
 
 
-def segmenter_protocol(items: list[str]) -> dict[str, Any]:
-    """``--segmenter-set`` items (``dotted.key=YAML`` below ``segmenter``) as a nested override;
-    the result is checked as a whole segmenter block, so a bad key or value stops the command."""
-    from tisynth.errors import TisynthError
-    from tisynth.segmentation.config import SegmenterConfig
-
+def segmenter_protocol(items: list[str], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``--segmenter-set`` items (``dotted.key=YAML`` below ``segmenter``) as a nested override,
+    checked merged into ``base`` (:func:`check_segmenter`; the built-in defaults when None)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"--segmenter-set {item!r}: expected dotted.key=value")
         set_dotted(out, key, yaml.safe_load(value))
-    try:
-        SegmenterConfig.from_params(out)
-    except TisynthError as exc:
-        raise SystemExit(f"--segmenter-set: {exc}") from None
+    check_segmenter(base or {}, out)
     return out
+
+
+def check_segmenter(base: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Stop the command, naming the key, when ``overrides`` merged into the ``segmenter`` block
+    ``base`` is not a usable segmenter."""
+    from tisynth.errors import TisynthError
+    from tisynth.params import deep_merge
+    from tisynth.segmentation.config import SegmenterConfig
+
+    try:
+        SegmenterConfig.from_params(deep_merge(base, overrides))
+    except (TisynthError, TypeError, ValueError) as exc:
+        raise SystemExit(f"--segmenter-set: {exc}") from None
+
+
+def check_protocol(workspace: Path, params: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Check the protocol against the run's own segmenter block (conf + --set), before any work."""
+    with session(workspace, params) as s:
+        base = s.load_context().params["segmenter"]
+    check_segmenter(base, overrides)
 
 
 def prepare_workspace(workspace: Path) -> None:
@@ -399,15 +413,33 @@ def main() -> int:
     out = workspace / args.results
     params = base_params(args.data, args.taef2, args.overrides)
     segmenter_overrides = segmenter_protocol(args.segmenter_overrides)
-    settings_file = out / "params.json"
-    if settings_file.is_file():
-        before = json.loads(settings_file.read_text()).get("kedro_params")
-        if before is not None and before != params:
-            raise SystemExit(f"{workspace}: made with other settings ({settings_file}); use a new workspace, "
-                             "or the same --data/--taef2/--set as before")
+    # the workspace's settings live in results/params.json whatever --results says; each report
+    # folder also records its segmenter protocol, so two protocols never share one report
+    settings_file, report_file = workspace / "results" / "params.json", out / "params.json"
+    for file in dict.fromkeys([settings_file, report_file]):
+        if file.is_file():
+            before = json.loads(file.read_text()).get("kedro_params")
+            if before is not None and before != params:
+                raise SystemExit(f"{workspace}: made with other settings ({file}); use a new workspace, "
+                                 "or the same --data/--taef2/--set as before")
+    if report_file.is_file():
+        record = json.loads(report_file.read_text())
+        before = record.get("segmenter_protocol")
+        if before is None:  # records written before the key existed
+            before = segmenter_protocol(record.get("args", {}).get("segmenter_overrides") or [])
+        if before != segmenter_overrides:
+            what = json.dumps(before) if before else "the run's own segmenter"
+            raise SystemExit(f"{out}: the report of another segmenter protocol ({what}); "
+                             "give this one its own --results folder")
     prepare_workspace(workspace)
+    if segmenter_overrides:
+        check_protocol(workspace, params, segmenter_overrides)
     out.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps({"args": vars(args), "kedro_params": params}, indent=2, default=str))
+    record = {"args": vars(args), "kedro_params": params, "segmenter_protocol": segmenter_overrides}
+    report_file.write_text(json.dumps(record, indent=2, default=str))
+    if not settings_file.is_file():
+        settings_file.parent.mkdir(parents=True, exist_ok=True)
+        settings_file.write_text(json.dumps({"args": vars(args), "kedro_params": params}, indent=2, default=str))
     timings_file = out / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
 
@@ -496,7 +528,9 @@ def main() -> int:
 
         # what the synthetic sets are: the real-only segmenter's reading of them, and their size
         # the reading uses the first seed's real-only segmenter (the filter's own when that seed is 0)
-        real_segmenter = first_real if first_real is not None else catalog.load("real_segmenter")
+        # (with --segmenter-set, the filter's own, so that every protocol's report reads the sets alike)
+        real_segmenter = (first_real if first_real is not None and not args.segmenter_overrides
+                          else catalog.load("real_segmenter"))
         extras = ["## The synthetic sets", "",
                   f"Real training tiles with masks: {len(train)}; val {len(val)}; "
                   + ", ".join(f"{n} {len(v)}" for n, v in eval_sets.items()), "",

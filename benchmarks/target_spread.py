@@ -49,39 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-sets", nargs="+", default=["source test", "target test", "target val", "target train"],
                    help="of: source test, source val, target test, target val, target train")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of the tiles")
+    p.add_argument("--baseline", default=None,
+                   help="protocol label the others are compared with, seed by seed (default: the first in the table)")
+    p.add_argument("--report-only", action="store_true",
+                   help="read nothing: rebuild the tables and figures from <workspace>/spread/readings.csv")
     return p
 
 
-def main() -> int:
-    args = build_parser().parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+def read_models(args: argparse.Namespace, workspace: Path, params: dict, overrides: dict, label: str) -> list[dict]:
+    """Train what is missing (with ``--train``) and read every seed's model per checkpoint rule and eval set."""
     import experiment as ex
 
     from tisynth.params import deep_merge
     from tisynth.segmentation.config import SegmenterConfig
     from tisynth.segmentation.experiment import REAL_ONLY_JOB
     from tisynth.segmentation.pairs import pairs_from_manifest
-    from tisynth.segmentation.spread import (bootstrap_miou, last_checkpoint, miou, spread_figure, spread_markdown,
-                                             spread_table, tile_confusions)
+    from tisynth.segmentation.spread import bootstrap_miou, last_checkpoint, miou, tile_confusions
     from tisynth.segmentation.train import (load_segmenter_checkpoint, segmenter_finished, train_segmenter,
                                             work_dir_for)
 
-    workspace = Path(args.workspace).resolve()
-    settings = workspace / "results" / "params.json"
-    if not settings.is_file():
-        raise SystemExit(f"{settings}: not found; run benchmarks/experiment.py in this workspace first")
-    params = json.loads(settings.read_text())["kedro_params"]
-    overrides = ex.segmenter_protocol(args.segmenter_overrides)
-    label = args.label or (", ".join(args.segmenter_overrides) or "experiment's segmenter")
-    out = workspace / "spread"
-    out.mkdir(exist_ok=True)
-    rows = []
+    rows: list[dict] = []
     with ex.session(workspace, params) as s:
         ctx = s.load_context()
         catalog = ctx.catalog
         registry = catalog.load("class_registry")
         tiles, manifest = catalog.load("tiles"), catalog.load("tile_manifest")
         target_tiles, target_manifest = catalog.load("target_tiles"), catalog.load("target_manifest")
+        ex.check_segmenter(ctx.params["segmenter"], overrides)
         config = SegmenterConfig.from_params(deep_merge(ctx.params["segmenter"], overrides))
         work_root = workspace / ctx.params["segmenter_work_root"]
         train = pairs_from_manifest(manifest, tiles, "train")
@@ -92,10 +86,13 @@ def main() -> int:
             if domain not in ("source", "target") or not split:
                 raise SystemExit(f"--eval-sets {name!r}: use '<source|target> <split>'")
             m, t = (manifest, tiles) if domain == "source" else (target_manifest, target_tiles)
-            pairs = pairs_from_manifest(m, t, split)
-            if not pairs:
-                raise SystemExit(f"--eval-sets {name!r}: no labelled tiles in that split")
-            sets[name] = pairs
+            pairs = pairs_from_manifest(m, t, split) if len(m) else []
+            if pairs:
+                sets[name] = pairs
+            else:
+                log.info("%s: no labelled tiles; left out", name)
+        if not sets:
+            raise SystemExit(f"--eval-sets {args.eval_sets}: none has labelled tiles in this workspace")
         for seed in args.seeds:
             cfg = config.replace(train={"seed": int(seed)})
             work_dir = work_dir_for(work_root, REAL_ONLY_JOB, cfg, registry, train, val)
@@ -119,6 +116,27 @@ def main() -> int:
                                  "boot_se": float(boot.std(ddof=1))})
                     log.info("seed %d %s (%s) %s: mIoU %.2f ± %.2f (tiles)", seed, rule, path.name, name,
                              100 * rows[-1]["mIoU"], 100 * rows[-1]["boot_se"])
+    return rows
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import experiment as ex
+
+    from tisynth.segmentation.spread import (differences_markdown, protocol_differences, spread_figure,
+                                             spread_markdown, spread_table)
+
+    workspace = Path(args.workspace).resolve()
+    settings = workspace / "results" / "params.json"
+    if not settings.is_file():
+        raise SystemExit(f"{settings}: not found; run benchmarks/experiment.py in this workspace first")
+    params = json.loads(settings.read_text())["kedro_params"]
+    overrides = ex.segmenter_protocol(args.segmenter_overrides)
+    label = args.label or (", ".join(args.segmenter_overrides) or "experiment's segmenter")
+    out = workspace / "spread"
+    out.mkdir(exist_ok=True)
+    rows = [] if args.report_only else read_models(args, workspace, params, overrides, label)
     readings_file = out / "readings.csv"
     new = pd.DataFrame(rows)
     if readings_file.is_file():
@@ -133,7 +151,13 @@ def main() -> int:
     tmp = readings_file.with_suffix(".tmp")
     new.to_csv(tmp, index=False)
     tmp.replace(readings_file)
+    baseline = args.baseline or str(new["protocol"].iloc[0])
+    if baseline not in set(new["protocol"]):
+        raise SystemExit(f"--baseline {baseline!r}: not a protocol of {readings_file} ({sorted(set(new['protocol']))})")
     text = spread_markdown(spread_table(new))
+    differences = protocol_differences(new, baseline)
+    if len(differences):
+        text += "\n\n" + differences_markdown(differences)
     (out / "spread.md").write_text(text + "\n")
     for rule in dict.fromkeys(new["checkpoint"]):
         spread_figure(new, rule).savefig(out / f"spread_{rule}.png", dpi=110)

@@ -201,6 +201,7 @@ def test_sensor_style_augmentation_is_off_by_default_and_keeps_fingerprints():
     on = SegmenterConfig.from_params({"data": {"style_augment": 0.5, "style_family": {"gamma": [0.8, 1.4]}}})
     assert on.to_dict()["data"]["style_family"] == {"gamma": [0.8, 1.4]}
     assert SegmenterConfig.from_params(on.to_dict()) == on
+    assert SegmenterConfig.from_params({"data": {"style_family": None}}).to_dict() == cfg.to_dict()  # empty YAML value
     step = [s for s in train_pipeline(on, 5) if s["type"] == "RandomSensorStyle"]
     assert step == [{"type": "RandomSensorStyle", "prob": 0.5, "family": {"gamma": [0.8, 1.4]}}]
 
@@ -209,6 +210,8 @@ def test_sensor_style_augmentation_is_off_by_default_and_keeps_fingerprints():
     "data, match",
     [
         ({"style_augment": 1.5}, r"segmenter\.data\.style_augment"),
+        ({"style_augment": "often"}, r"segmenter\.data\.style_augment: a probability"),
+        ({"style_augment": None}, r"segmenter\.data\.style_augment: a probability"),
         ({"style_augment": 0.5, "style_family": {"gamma": [1.4, 0.8]}}, r"segmenter\.data\.style_family\.gamma.*interval"),
         ({"style_augment": 0.5, "style_family": {"tint": [0, 1]}}, r"segmenter\.data\.style_family: unknown key"),
     ],

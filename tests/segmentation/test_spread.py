@@ -88,3 +88,19 @@ def test_spread_figure_has_a_panel_per_eval_set_and_a_line_per_protocol():
     axes = fig.axes
     assert len(axes) == 2 and axes[1].get_title() == "target test (10 tiles)"
     assert len(axes[0].get_legend().get_texts()) == 2
+
+
+def test_protocol_differences_are_paired_by_seed():
+    from tisynth.segmentation.spread import differences_markdown, protocol_differences
+
+    rows = [{"protocol": "a", "checkpoint": "selected", "eval_set": "t", "seed": s, "mIoU": 0.5} for s in range(4)]
+    rows += [{"protocol": "b", "checkpoint": "selected", "eval_set": "t", "seed": s, "mIoU": 0.5 + 0.1 + 0.01 * s}
+             for s in range(3)]  # seed 3 missing: left out of the pairing
+    t = protocol_differences(pd.DataFrame(rows), baseline="a")
+    assert len(t) == 1
+    r = t.iloc[0]
+    assert r["seeds"] == 3 and r["diff_mean"] == pytest.approx(0.11)
+    assert r["ci_low"] < 0.11 < r["ci_high"]
+    assert r["per_seed"] == [10.0, 11.0, 12.0]
+    assert "+11.00" in differences_markdown(t)
+    assert protocol_differences(pd.DataFrame(rows), baseline="zzz").empty

@@ -180,8 +180,14 @@ class DataConfig:
             raise ConfigError(f"segmenter.data.flip_directions: {list(self.flip_directions)}; use {list(FLIP_DIRECTIONS)}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("segmenter.data: mean and std need 3 values each, std > 0")
-        if not 0.0 <= float(self.style_augment) <= 1.0:
+        try:
+            prob = float(self.style_augment)
+        except (TypeError, ValueError):
+            prob = float("nan")
+        if isinstance(self.style_augment, bool) or not 0.0 <= prob <= 1.0:
             raise ConfigError(f"segmenter.data.style_augment: a probability in [0, 1], got {self.style_augment!r}")
+        if self.style_family is None:
+            object.__setattr__(self, "style_family", {})
         if not isinstance(self.style_family, Mapping):
             raise ConfigError(f"segmenter.data.style_family: a mapping of ranges, got {self.style_family!r}")
         from tisynth.styles import StyleError, StyleFamily
@@ -191,7 +197,7 @@ class DataConfig:
         except StyleError as exc:
             raise ConfigError(str(exc)) from None
         given = set(self.style_family)
-        object.__setattr__(self, "style_augment", float(self.style_augment))
+        object.__setattr__(self, "style_augment", prob)
         object.__setattr__(self, "style_family", {k: v for k, v in family.to_dict().items() if k in given})
 
 

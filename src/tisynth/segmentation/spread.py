@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from tisynth.segmentation.metrics import confusion_matrix, metrics_from_confusion
 from tisynth.segmentation.pairs import Pair
+from tisynth.segmentation.report import paired_interval
 
 SPREAD_COLUMNS = ("protocol", "checkpoint", "eval_set", "tiles", "seeds", "mIoU_mean", "mIoU_std_over_seeds",
                   "tile_sampling_se", "ratio")
@@ -100,6 +101,38 @@ def spread_markdown(table: pd.DataFrame) -> str:
         lines.append(f"| {r.protocol} | {r.checkpoint} | {r.eval_set} ({r.tiles}) | {r.seeds} | "
                      f"{100 * r.mIoU_mean:.2f} | {100 * r.mIoU_std_over_seeds:.2f} | {100 * r.tile_sampling_se:.2f} | "
                      f"{r.ratio:.1f} |")
+    return "\n".join(lines)
+
+
+def protocol_differences(readings: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Each protocol's reading minus ``baseline``'s, seed by seed, per checkpoint rule and eval set.
+
+    Returns one row per (protocol, checkpoint, eval_set) with the seeds both have, the mean
+    difference and its 95 % paired-t interval (:func:`tisynth.segmentation.report.paired_interval`).
+    """
+    rows = []
+    for (checkpoint, eval_set), part in readings.groupby(["checkpoint", "eval_set"], sort=False):
+        wide = part.pivot_table(index="seed", columns="protocol", values="mIoU")
+        if baseline not in wide:
+            continue
+        for protocol in [p for p in dict.fromkeys(part["protocol"]) if p != baseline]:
+            diff = (wide[protocol] - wide[baseline]).dropna()
+            lo, hi = paired_interval(diff.to_numpy())
+            rows.append({"protocol": protocol, "baseline": baseline, "checkpoint": checkpoint, "eval_set": eval_set,
+                         "seeds": len(diff), "diff_mean": float(diff.mean()) if len(diff) else float("nan"),
+                         "ci_low": lo, "ci_high": hi, "per_seed": [round(100 * v, 2) for v in diff]})
+    return pd.DataFrame(rows, columns=["protocol", "baseline", "checkpoint", "eval_set", "seeds", "diff_mean",
+                                       "ci_low", "ci_high", "per_seed"])
+
+
+def differences_markdown(table: pd.DataFrame) -> str:
+    """:func:`protocol_differences` in percent points, as Markdown."""
+    lines = ["| protocol − baseline | checkpoint | eval set | seeds | mIoU change [95 % paired interval] | per seed |",
+             "|---|---|---|---|---|---|"]
+    for r in table.itertuples(index=False):
+        lines.append(f"| {r.protocol} − {r.baseline} | {r.checkpoint} | {r.eval_set} | {r.seeds} | "
+                     f"{100 * r.diff_mean:+.2f} [{100 * r.ci_low:+.2f}, {100 * r.ci_high:+.2f}] | "
+                     f"{', '.join(f'{v:+.2f}' for v in r.per_seed)} |")
     return "\n".join(lines)
 
 
