@@ -133,7 +133,8 @@ class RandomSensorStyle(BaseTransform):
 
     The style is drawn from :class:`tisynth.styles.StyleFamily` (``family``: its ranges, empty =
     the defaults) with a seed from numpy's global generator, which mmengine seeds per run and
-    per data-loading worker, so a seeded training run sees the same styles again.
+    per data-loading worker, so a seeded training run sees the same styles again (an
+    uninterrupted one: a resumed run restarts numpy's stream, as it does for the crops).
 
     Args:
         prob: probability of restyling a training crop.
