@@ -101,23 +101,24 @@ def base_params(data: str, taef2: str | None, overrides: list[str]) -> dict[str,
     params: dict[str, Any] = {"dataset": {"root": str(Path(data).resolve())}, "generator": {"preset": "small"}}
     if taef2:
         params["generator"]["autoencoder"] = {"type": "taef2", "weights_dir": str(Path(taef2).resolve()), "scale": 1.25}
-    for item in overrides:
+    set_items(params, overrides, "--set")
+    return params
+
+
+def set_items(params: dict[str, Any], items: list[str], flag: str) -> None:
+    """Apply ``dotted.key=YAML`` items of the option ``flag`` to ``params`` (refused by name when malformed)."""
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected dotted.key=value")
+            raise SystemExit(f"{flag} {item!r}: expected dotted.key=value")
         set_dotted(params, key, yaml.safe_load(value))
-    return params
 
 
 def segmenter_protocol(items: list[str], base: dict[str, Any] | None = None) -> dict[str, Any]:
     """``--segmenter-set`` items (``dotted.key=YAML`` below ``segmenter``) as a nested override,
     checked merged into ``base`` (:func:`check_segmenter`; the built-in defaults when None)."""
     out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--segmenter-set {item!r}: expected dotted.key=value")
-        set_dotted(out, key, yaml.safe_load(value))
+    set_items(out, items, "--segmenter-set")
     check_segmenter(base or {}, out)
     return out
 

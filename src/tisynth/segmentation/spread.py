@@ -93,15 +93,18 @@ def spread_table(readings: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(SPREAD_COLUMNS))
 
 
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
 def spread_markdown(table: pd.DataFrame) -> str:
     """The spread table in percent points, as Markdown."""
-    lines = ["| protocol | checkpoint | eval set (tiles) | seeds | mIoU mean | std over seeds | tile-sampling SE | ratio |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in table.itertuples(index=False):
-        lines.append(f"| {r.protocol} | {r.checkpoint} | {r.eval_set} ({r.tiles}) | {r.seeds} | "
-                     f"{100 * r.mIoU_mean:.2f} | {100 * r.mIoU_std_over_seeds:.2f} | {100 * r.tile_sampling_se:.2f} | "
-                     f"{r.ratio:.1f} |")
-    return "\n".join(lines)
+    return _markdown(
+        ["protocol", "checkpoint", "eval set (tiles)", "seeds", "mIoU mean", "std over seeds", "tile-sampling SE", "ratio"],
+        [[r.protocol, r.checkpoint, f"{r.eval_set} ({r.tiles})", r.seeds, f"{100 * r.mIoU_mean:.2f}",
+          f"{100 * r.mIoU_std_over_seeds:.2f}", f"{100 * r.tile_sampling_se:.2f}", f"{r.ratio:.1f}"]
+         for r in table.itertuples(index=False)])
 
 
 def protocol_differences(readings: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -127,13 +130,11 @@ def protocol_differences(readings: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 def differences_markdown(table: pd.DataFrame) -> str:
     """:func:`protocol_differences` in percent points, as Markdown."""
-    lines = ["| protocol − baseline | checkpoint | eval set | seeds | mIoU change [95 % paired interval] | per seed |",
-             "|---|---|---|---|---|---|"]
-    for r in table.itertuples(index=False):
-        lines.append(f"| {r.protocol} − {r.baseline} | {r.checkpoint} | {r.eval_set} | {r.seeds} | "
-                     f"{100 * r.diff_mean:+.2f} [{100 * r.ci_low:+.2f}, {100 * r.ci_high:+.2f}] | "
-                     f"{', '.join(f'{v:+.2f}' for v in r.per_seed)} |")
-    return "\n".join(lines)
+    return _markdown(
+        ["protocol − baseline", "checkpoint", "eval set", "seeds", "mIoU change [95 % paired interval]", "per seed"],
+        [[f"{r.protocol} − {r.baseline}", r.checkpoint, r.eval_set, r.seeds,
+          f"{100 * r.diff_mean:+.2f} [{100 * r.ci_low:+.2f}, {100 * r.ci_high:+.2f}]",
+          ", ".join(f"{v:+.2f}" for v in r.per_seed)] for r in table.itertuples(index=False)])
 
 
 def last_checkpoint(work_dir: str | Path) -> Path | None:
