@@ -15,7 +15,7 @@ training pool or from the same scene group, and the mask-first base alone (``bas
 text, the ablation without Ref and AIA), at each guidance scale.
 
     python benchmarks/mask_following.py --workspace <ws> --items 48 --guidance 1 2 3 \\
-        --refs random same_group --modes tisynth base --fid --out result.json
+        --refs random same_group --modes tisynth base --fid --out result.json [--moments 1.0]
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def main() -> int:
     p.add_argument("--model", default="generator", help="catalog entry of the generator (generator | generator_stage_a)")
     p.add_argument("--fid", action="store_true", help="FID/KID against the real val tiles")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--moments", type=float, default=0.0,
+                   help="Ref-set latent moments at this strength (mode tisynth; home: 64 train tiles, Ref set: the drawn Refs)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
@@ -73,6 +75,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from tisynth.generator import sample_images
+    from tisynth.generator.moments import MomentTransfer, draw_names, encode_moments
     from tisynth.generator.reading import ReadingSettings, choose_refs, mask_following
 
     def reading(segmenter: Any, images: list[np.ndarray], masks: list[np.ndarray], k: int) -> dict[str, float]:
@@ -122,12 +125,19 @@ def main() -> int:
         for how in (args.refs if mode == "tisynth" else ["none"]):
             refs = (np.stack([tiles.read_image(r) for r in choose_refs(manifest, val, ReadingSettings(refs=how))])
                     if mode == "tisynth" else None)
+            transfer = None
+            if refs is not None and args.moments > 0:
+                train_images = manifest.loc[manifest["split"] == "train", "image"].astype(str)
+                home = encode_moments(model, np.stack([tiles.read_image(i) for i in draw_names(train_images, 64, 0)]))
+                transfer = MomentTransfer(home, encode_moments(model, np.unique(refs, axis=0)), args.moments)
             for g in args.guidance:
                 t0 = time.time()
                 cfg = {"steps": args.steps, "guidance_scale": g, "mode": mode, "timestep_spacing": args.spacing,
                        "uncond": args.uncond, "batch_size": 16, "progress": True}
-                images = list(sample_images(model, np.stack(masks), refs, list(val["prompt"]), list(range(len(masks))), cfg))
-                row = {"images": f"{args.model} {mode}, Refs {how}, guidance {g:g}", **reading(segmenter, images, masks, k),
+                images = list(sample_images(model, np.stack(masks), refs, list(val["prompt"]), list(range(len(masks))), cfg,
+                                            moments=transfer))
+                extra = f", Ref moments {args.moments:g}" if transfer is not None else ""
+                row = {"images": f"{args.model} {mode}, Refs {how}{extra}, guidance {g:g}", **reading(segmenter, images, masks, k),
                        **(quality(images) if quality else {}), "seconds": time.time() - t0}
                 rows.append(row)
                 print(row, flush=True)

@@ -8,6 +8,10 @@ seed effect, the colour transfer, and KID of each set against real tiles of each
 
     python benchmarks/ref_steering.py --workspace <ws> --label "style pairs + target tiles"
     python benchmarks/ref_steering.py --workspace <ws> --model data/06_models/generator --masks 24 --guidance 3
+    python benchmarks/ref_steering.py --workspace <ws> --label "+ Ref moments" --moments 1.0 [--moments-pool item]
+
+``--moments S`` samples with Ref-set latent moments at strength S (``sample.ref_moments``,
+:mod:`tisynth.generator.moments`); the default 0 is the generator alone.
 
 Several workspaces (an ablation) append to one table with ``--out``; ``--print`` shows it.
 """
@@ -54,6 +58,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-kid", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--moments", type=float, default=0.0, help="Ref-moment strength (0: off)")
+    p.add_argument("--moments-pool", choices=("set", "item"), default="set")
     args = p.parse_args()
 
     import torch
@@ -78,10 +84,12 @@ def main() -> int:
     start = time.time()
     inputs = choose_inputs(tiles, manifest, target_tiles, target_manifest, cfg)
     sampler = {"steps": args.steps, "guidance_scale": args.guidance, "timestep_spacing": "trailing", "uncond": "mask_prompt"}
-    metrics, images = ref_steering(model, inputs, cfg, sampler)
+    moments = {"strength": args.moments, "pool": args.moments_pool}
+    metrics, images = ref_steering(model, inputs, cfg, sampler, moments=moments)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").lower() or "run"
     steering_figure(model, inputs, images, metrics, rows=8).savefig(out / f"ref_steering_{slug}.png", dpi=110)
     row = {"label": label, "workspace": ws.name, "masks": len(inputs.names), "guidance": args.guidance,
+           "moments": args.moments, "moments_pool": args.moments_pool,
            "seconds": round(time.time() - start, 1), **metrics}
     table_path = out / "ref_steering.csv"
     table = pd.read_csv(table_path) if table_path.exists() else pd.DataFrame()

@@ -3,7 +3,7 @@
 Every image depends only on its (mask, Ref, prompt, seed): the initial noise and, for
 ``eta > 0``, the DDIM noise of every step are drawn per item from a CPU ``torch.Generator``
 seeded with the item's seed, so outputs do not depend on the batch size, the order of items or
-the device's RNG.
+the device's RNG (up to float rounding: a CPU may pick other kernels for another batch size).
 
 Classifier-free guidance (``guidance_scale`` ≠ 1): the unconditional branch uses the empty
 prompt (``negative_prompt``) with the **same** mask and Ref; ε = ε_u + g·(ε_c − ε_u). Our path
@@ -28,6 +28,7 @@ from tisynth.params import dataclass_from_mapping
 from tisynth.errors import TisynthError
 from tisynth.generator.data import images_to_uint8, uint8_to_images
 from tisynth.generator.model import MODES, TISynthGenerator
+from tisynth.generator.moments import MomentTransfer
 
 
 class SamplingError(TisynthError, ValueError):
@@ -227,6 +228,7 @@ def sample_images(
     prompts: Sequence[str],
     seeds: Sequence[int],
     config: Mapping[str, Any] | SampleConfig | None = None,
+    moments: MomentTransfer | None = None,
 ) -> np.ndarray:
     """Generate one image per (mask, Ref, prompt, seed); returns uint8 ``N×H×W×3``.
 
@@ -237,6 +239,8 @@ def sample_images(
         prompts: N prompts.
         seeds: N integer seeds.
         config: :class:`SampleConfig` or a dict of its fields.
+        moments: Ref-set latent moments applied to each denoised latent before decoding
+            (:mod:`tisynth.generator.moments`; ``None``: the paper's sampler).
     """
     cfg = SampleConfig.from_dict(config)
     if cfg.device == "auto":
@@ -270,6 +274,8 @@ def sample_images(
         ref_lat = model.encode_images(uint8_to_images(ref_arr[sl])) if ref_arr is not None and cfg.mode == "tisynth" else None
         lat_size = (size.shape[1] // model.downsample_factor, size.shape[2] // model.downsample_factor)
         latents = sample_latents(model, control, ref_lat, list(prompts[sl]), list(seeds[sl]), cfg, latent_size=lat_size)
+        if moments is not None:
+            latents = moments.apply(latents, sl, n)
         out.append(images_to_uint8(model.decode_latents(latents)))
     return np.concatenate(out)
 

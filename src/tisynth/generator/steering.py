@@ -210,9 +210,35 @@ def choose_inputs(tiles: TileSet, manifest: pd.DataFrame, target_tiles: TileSet 
 
 
 # ---------------------------------------------------------------------- the report
+def moment_transfers(model: Any, inputs: SteeringInputs, settings: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    """The Ref-moment transfers of the two Ref sets (``sample.ref_moments``; ``(None, None)`` when off): home
+    moments over the real source tiles, Ref moments over each side's distinct Refs (``pool: set``) or each
+    item's own Ref (``pool: item``), as the synthesis run takes them."""
+    from tisynth.generator.moments import MomentSettings, MomentTransfer, encode_item_moments, encode_moments
+
+    mcfg = MomentSettings.from_params(settings)
+    if not mcfg.enabled:
+        return None, None
+    home = encode_moments(model, inputs.real_source)
+
+    def side(refs: np.ndarray) -> Any:
+        if mcfg.pool == "item":
+            targets = encode_item_moments(model, refs)
+        else:
+            distinct = np.unique(refs.reshape(len(refs), -1), axis=0).reshape(-1, *refs.shape[1:])
+            targets = encode_moments(model, distinct[: mcfg.tiles])
+        return MomentTransfer(home, targets, mcfg.strength, mcfg.min_std)
+
+    return side(inputs.source_refs), side(inputs.target_refs)
+
+
 def ref_steering(model: Any, inputs: SteeringInputs, cfg: SteeringSettings, sampler: Mapping[str, Any] | None = None,
-                 extractor: Any = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Sample and measure; returns ``(metrics, images)`` with images ``source``, ``target``, ``seed2``."""
+                 extractor: Any = None, moments: Mapping[str, Any] | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Sample and measure; returns ``(metrics, images)`` with images ``source``, ``target``, ``seed2``.
+
+    ``moments``: the ``sample.ref_moments`` block (:mod:`tisynth.generator.moments`); when on, each side's
+    samples take their Ref set's latent moments, as in a synthesis run.
+    """
     from tisynth.generator.sample import sample_images
 
     scfg = {**dict(sampler or {}), **dict(cfg.sample), "mode": "tisynth"}
@@ -220,11 +246,15 @@ def ref_steering(model: Any, inputs: SteeringInputs, cfg: SteeringSettings, samp
     base_seed = int(cfg.seed) * 1000 + 17
     seeds = [base_seed + i for i in range(n)]
     m = min(cfg.seed_items, n)
-    syn_src = sample_images(model, inputs.masks, inputs.source_refs, inputs.prompts, seeds, scfg)
-    syn_tgt = sample_images(model, inputs.masks, inputs.target_refs, inputs.prompts, seeds, scfg)
+    move_src, move_tgt = moment_transfers(model, inputs, moments)
+    syn_src = sample_images(model, inputs.masks, inputs.source_refs, inputs.prompts, seeds, scfg, moments=move_src)
+    syn_tgt = sample_images(model, inputs.masks, inputs.target_refs, inputs.prompts, seeds, scfg, moments=move_tgt)
+    if move_src is not None and move_src.targets.ndim == 2:
+        move_src = type(move_src)(move_src.home, move_src.targets[:m], move_src.strength, move_src.min_std)
     syn_seed = sample_images(model, inputs.masks[:m], inputs.source_refs[:m], inputs.prompts[:m],
-                             [s + 100_000 for s in seeds[:m]], scfg) if m else syn_src[:0]
-    metrics: dict[str, float] = {"masks": float(n), "seed_items": float(m)}
+                             [s + 100_000 for s in seeds[:m]], scfg, moments=move_src) if m else syn_src[:0]
+    metrics: dict[str, float] = {"masks": float(n), "seed_items": float(m),
+                                 "ref_moments_strength": float(move_src.strength) if move_src is not None else 0.0}
     metrics["ref_effect"] = mean_abs_change(syn_src, syn_tgt)
     if m:
         metrics["seed_effect"] = mean_abs_change(syn_src[:m], syn_seed)
@@ -272,8 +302,10 @@ def steering_figure(model: Any, inputs: SteeringInputs, images: Mapping[str, np.
             if r == 0:
                 ax.set_title(title, fontsize=8)
     ratio = metrics.get("ref_over_seed", float("nan"))
+    moments = metrics.get("ref_moments_strength", 0.0)
     fig.suptitle(f"Ref effect {metrics['ref_effect']:.1f} grey levels ({ratio:.2f}× the seed effect); "
-                 f"colour transfer {100 * metrics['colour_transfer']:.0f} %", fontsize=9)
+                 f"colour transfer {100 * metrics['colour_transfer']:.0f} %"
+                 + (f"; Ref-set latent moments, strength {moments:g}" if moments else ""), fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -19,8 +19,10 @@
   process takes the shard of its rank. A final single-process run then finds everything done
   and indexes the whole set.
 
-Every image depends only on its (mask, Ref, prompt, seed), so neither the batch size nor the
-sharding changes any pixel.
+Every image depends only on its (mask, Ref, prompt, seed) (and, with Ref moments, on its Ref
+set: :mod:`tisynth.generator.moments`), so neither the batch size nor the sharding changes the
+computation; a CPU may pick other kernels for another batch size, which can round a few pixels
+one grey level apart.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ class SynthesisSettings:
     image_format: str = "png"
     shard_index: int = 0
     shard_count: int = 1
+    ref_moments: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> SynthesisSettings:
@@ -69,10 +72,13 @@ class SynthesisSettings:
             image_format=str(params.get("image_format", "png")),
             shard_index=int(shard.get("index", 0)),
             shard_count=int(shard.get("count", 1)),
+            ref_moments=dict(params.get("ref_moments") or {}),
         )
+        from tisynth.generator.moments import MomentSettings
         from tisynth.generator.sample import SampleConfig
 
         SampleConfig.from_dict(cfg.sample)  # unknown or invalid sampler keys fail here, before any file is touched
+        MomentSettings.from_params(cfg.ref_moments)
         if cfg.image_format not in ("png", "jpg"):
             raise DataError(f"sample.image_format must be png or jpg, got {cfg.image_format!r}")
         if not 0 <= cfg.shard_index < cfg.shard_count:
@@ -85,9 +91,40 @@ def generator_version(model: torch.nn.Module) -> str:
     return weights_digest(model)
 
 
-def run_fingerprint(version: str, sample: Mapping[str, Any], image_format: str) -> dict[str, Any]:
+def run_fingerprint(version: str, sample: Mapping[str, Any], image_format: str,
+                    moments: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a synthesis folder's images depend on besides their own inputs; ``moments`` (the Ref-moment
+    settings and digests of the tile sets their moments were taken over) only when Ref moments are on, so runs without them
+    keep their fingerprints."""
     keep = {k: v for k, v in sample.items() if k not in ("batch_size", "progress", "device")}
-    return {"generator_version": version, "sampler": keep, "image_format": image_format}
+    out = {"generator_version": version, "sampler": keep, "image_format": image_format}
+    if moments:
+        out["ref_moments"] = dict(moments)
+    return out
+
+
+def plan_moments(model: Any, plan: pd.DataFrame, tilesets: Mapping[str, TileSet],
+                 cfg: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The latent moments a run with Ref moments needs, taken over the **whole** plan (so every shard agrees):
+    ``home`` over the images of the plan's masks (the labelled source tiles) and, with ``pool: set``, one vector
+    per Ref domain over the plan's distinct Refs of that domain; each set is at most ``cfg.tiles`` tiles drawn
+    with ``cfg.seed``. Returns the vectors and, per vector, a digest of the bytes of the tiles it was taken
+    over (for the run's fingerprint: a changed set resamples, float noise does not)."""
+    from tisynth.generator.moments import draw_names, encode_moments
+
+    if "image_of_mask" not in plan.columns:
+        raise DataError("Ref moments need the plan's image_of_mask column (the labelled tile of each mask)")
+    sets = {"home": ("source", draw_names(plan["image_of_mask"].astype(str), cfg.tiles, cfg.seed))}
+    if cfg.pool == "set":
+        for domain, rows in plan.groupby("ref_domain", sort=True):
+            sets[str(domain)] = (str(domain), draw_names(rows["ref"].astype(str), cfg.tiles, cfg.seed))
+    vectors, sources = {}, {}
+    for key, (domain, names) in sets.items():
+        tileset = _tileset(tilesets, domain)
+        log.info("Ref moments: %s moments over %d %s tiles", key, len(names), domain)
+        sources[key] = settings_digest([file_digest(tileset.path(n)) for n in names])
+        vectors[key] = encode_moments(model, np.stack([tileset.read_image(n) for n in names]))
+    return vectors, sources
 
 
 def run_generator_version(folder: Path) -> str | None:
@@ -117,8 +154,13 @@ def write_synthetic_images(
     """Sample every planned image that is not on disk yet; returns how many were made."""
     from tisynth.generator.sample import sample_images
 
+    from tisynth.generator.moments import MomentSettings, MomentTransfer, encode_item_moments
+
     folder = Path(folder)
-    RunFolder.open(folder, run_fingerprint(version, settings.sample, settings.image_format),
+    mcfg = MomentSettings.from_params(settings.ref_moments)
+    vectors, sets = plan_moments(model, plan, tilesets, mcfg) if mcfg.enabled and len(plan) else ({}, {})
+    recorded = {**mcfg.to_dict(), "sets": sets} if mcfg.enabled else None
+    RunFolder.open(folder, run_fingerprint(version, settings.sample, settings.image_format, recorded),
                    entries=["images", ItemRecords.DIR], legacy_manifest=LEGACY_FINGERPRINT)
     (folder / "images").mkdir(parents=True, exist_ok=True)
 
@@ -140,7 +182,13 @@ def write_synthetic_images(
             rows = todo.iloc[start : start + settings.chunk]
             masks = np.stack([tilesets["source"].read_mask(m) for m in rows["mask"]])
             refs = np.stack([_tileset(tilesets, d).read_image(r) for d, r in zip(rows["ref_domain"], rows["ref"])])
-            images = sample_images(model, masks, refs, list(rows["prompt"]), [int(s) for s in rows["seed"]], settings.sample)
+            transfer = None
+            if mcfg.enabled:
+                targets = (torch.stack([vectors[str(d)] for d in rows["ref_domain"]]) if mcfg.pool == "set"
+                           else encode_item_moments(model, refs))
+                transfer = MomentTransfer(vectors["home"], targets, mcfg.strength, mcfg.min_std)
+            images = sample_images(model, masks, refs, list(rows["prompt"]), [int(s) for s in rows["seed"]], settings.sample,
+                                   moments=transfer)
             for name, img in zip(rows["name"], images):
                 out = folder / image_path(name, settings.image_format)
                 records.begin(str(name), out)

@@ -54,7 +54,7 @@ def report_ref_steering(
         fig = plt.figure(figsize=(2, 1))
         return pd.DataFrame(), {}, fig
     inputs = steering.choose_inputs(tiles, tile_manifest, target_tiles, target_manifest, cfg)
-    metrics, images = steering.ref_steering(generator, inputs, cfg, sample.get("sampler"))
+    metrics, images = steering.ref_steering(generator, inputs, cfg, sample.get("sampler"), moments=sample.get("ref_moments"))
     log.info("Ref steering (%d masks, Refs %s vs %s): Ref effect %.2f grey levels = %.2f x the seed effect; colour "
              "transfer %.0f %%; KID target-Ref images vs real target %s (source-Ref images %s)", len(inputs.names),
              inputs.source_label, inputs.target_label, metrics["ref_effect"], metrics.get("ref_over_seed", float("nan")),

@@ -1,0 +1,202 @@
+"""Ref-set latent moments (tisynth.generator.moments): the transform, its settings, the sampler,
+the synthesis run and the steering report that use it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tisynth import references
+from tisynth.generator import build_generator, synthesis
+from tisynth.generator.moments import (
+    MomentError,
+    MomentSettings,
+    MomentTransfer,
+    draw_names,
+    encode_moments,
+    latent_moments,
+    moment_transfer,
+)
+from tisynth.generator.sample import sample_images, sample_latents
+from tisynth.generator.steering import SteeringInputs, SteeringSettings, ref_steering
+from tisynth.io import TileSet, write_image
+
+
+def _latents(seed: int = 0, n: int = 6, c: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, 5, 5, generator=g) * torch.linspace(0.5, 2.0, c).view(1, c, 1, 1) + torch.arange(c).view(1, c, 1, 1)
+
+
+def test_moments_are_per_channel_mean_then_std_over_the_set():
+    z = _latents()
+    m = latent_moments(z)
+    assert m.shape == (8,)
+    torch.testing.assert_close(m[:4], z.transpose(0, 1).flatten(1).mean(1))
+    torch.testing.assert_close(m[4:], z.transpose(0, 1).flatten(1).std(1, unbiased=False))
+    with pytest.raises(MomentError, match="N×C×h×w"):
+        latent_moments(z[0])
+
+
+def test_transfer_moves_a_home_set_exactly_to_the_target_moments():
+    z = _latents()
+    home = latent_moments(z)
+    target = torch.cat([torch.tensor([3.0, -1.0, 0.5, 2.0]), torch.tensor([0.7, 1.5, 2.5, 0.3])])
+    moved = moment_transfer(z, home, target, strength=1.0)
+    torch.testing.assert_close(latent_moments(moved), target, atol=1e-4, rtol=1e-4)
+    # strength 0 and a target equal to home leave the latents as they are
+    torch.testing.assert_close(moment_transfer(z, home, target, strength=0.0), z)
+    torch.testing.assert_close(moment_transfer(z, home, home, strength=1.0), z, atol=1e-5, rtol=1e-5)
+    # half strength goes half the way in the means
+    half = latent_moments(moment_transfer(z, home, target, strength=0.5))
+    torch.testing.assert_close(half[:4], (home[:4] + target[:4]) / 2, atol=1e-4, rtol=1e-4)
+
+
+def test_each_image_keeps_its_own_content_under_the_transfer():
+    z = _latents()
+    z[0] -= 2.0  # a darker image (say, mostly water) stays darker than the others after the shift
+    home = latent_moments(z)
+    target = home.clone()
+    target[:4] += 1.0
+    moved = moment_transfer(z, home, target)
+    before, after = z.mean((2, 3)), moved.mean((2, 3))
+    assert torch.equal(before.argsort(0), after.argsort(0))
+    torch.testing.assert_close(after - before, torch.ones_like(before), atol=1e-5, rtol=1e-5)
+
+
+def test_transfer_refuses_moments_that_do_not_fit():
+    z = _latents()
+    home = latent_moments(z)
+    with pytest.raises(MomentError, match="home moments have 6 numbers"):
+        moment_transfer(z, home[:6], home)
+    with pytest.raises(MomentError, match="Ref moments of shape"):
+        moment_transfer(z, home, home[None].repeat(2, 1))
+    per_item = home[None].repeat(len(z), 1)
+    torch.testing.assert_close(moment_transfer(z, home, per_item), z, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("params, key", [
+    ({"strength": -0.5}, "strength"), ({"strength": float("nan")}, "strength"), ({"strength": True}, "strength"),
+    ({"pool": "domain"}, "pool"), ({"tiles": 1}, "tiles"), ({"min_std": 0}, "min_std"), ({"strenght": 1.0}, "strenght"),
+])
+def test_bad_moment_settings_name_the_key(params, key):
+    with pytest.raises(MomentError, match=key):
+        MomentSettings.from_params(params)
+
+
+def test_settings_default_to_off_and_validate_through_the_sample_block():
+    assert not MomentSettings.from_params(None).enabled
+    assert MomentSettings.from_params({"strength": 1}).enabled
+    with pytest.raises(MomentError, match="pool"):
+        synthesis.SynthesisSettings.from_params({"sampler": {"steps": 2}, "ref_moments": {"strength": 1.0, "pool": "x"}})
+
+
+def test_draw_names_is_seeded_distinct_and_capped():
+    names = [f"t{i}" for i in range(20)] + ["t3", "t3"]
+    a = draw_names(names, 5, seed=1)
+    assert a == draw_names(list(reversed(names)), 5, seed=1) and len(set(a)) == 5
+    assert draw_names(names[:3], 5, seed=1) == ["t0", "t1", "t2"]
+
+
+@pytest.fixture(scope="module")
+def model(registry):
+    torch.set_num_threads(1)
+    return build_generator({"preset": "tiny"}, registry, seed=0).eval()
+
+
+def _masks_refs(n: int = 3, size: int = 64, shift: int = 0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    masks = rng.integers(0, 5, (n, size, size), dtype=np.uint8)
+    refs = np.clip(rng.integers(60, 200, (n, size, size, 3)) + shift, 0, 255).astype(np.uint8)
+    return masks, refs
+
+
+def test_the_sampler_applies_the_transfer_to_the_denoised_latents_before_decoding(model, registry):
+    masks, refs = _masks_refs()
+    prompts = [registry.prompt(m) for m in masks]
+    cfg = {"steps": 2, "guidance_scale": 1.0, "batch_size": 2}
+    plain = sample_images(model, masks, refs, prompts, [1, 2, 3], cfg)
+    home = encode_moments(model, refs)
+    same = sample_images(model, masks, refs, prompts, [1, 2, 3], cfg, moments=MomentTransfer(home, home))
+    assert np.abs(same.astype(int) - plain.astype(int)).max() <= 1  # target = home: nothing moves
+    darker = home.clone()
+    c = model.latent_channels
+    darker[:c] -= 0.3
+    moved = sample_images(model, masks, refs, prompts, [1, 2, 3], cfg, moments=MomentTransfer(home, darker))
+    assert np.abs(moved.astype(float) - plain).mean() > 2
+    # exactly: decode(transfer(the sampler's latents)); the batch size does not matter
+    lat = sample_latents(model, model.encode_control(masks), model.encode_images(torch.from_numpy(refs).permute(0, 3, 1, 2).float() / 127.5 - 1),
+                         prompts, [1, 2, 3], cfg)
+    expect = ((model.decode_latents(moment_transfer(lat, home, darker)).permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255)
+    assert np.abs(moved.astype(float) - expect).max() <= 1
+    again = sample_images(model, masks, refs, prompts, [1, 2, 3], {**cfg, "batch_size": 3}, moments=MomentTransfer(home, darker))
+    assert np.abs(again.astype(int) - moved.astype(int)).max() <= 1
+    with pytest.raises(MomentError, match="for 2 items, 3 items"):
+        sample_images(model, masks, refs, prompts, [1, 2, 3], cfg, moments=MomentTransfer(home, darker[None].repeat(2, 1)))
+
+
+def test_with_ref_moments_the_target_refs_carry_the_target_look(model, registry):
+    """An untrained generator's Ref path does nothing; with Ref-set moments the samples follow the
+    target domain's colour shift (the steering report's colour transfer and Ref effect)."""
+    masks, src_refs = _masks_refs(n=4, shift=0, seed=1)
+    _, tgt_refs = _masks_refs(n=4, shift=-50, seed=2)
+    _, real_src = _masks_refs(n=6, shift=0, seed=3)
+    _, real_tgt = _masks_refs(n=6, shift=-50, seed=4)
+    inputs = SteeringInputs(names=[f"m{i}" for i in range(4)], masks=masks, prompts=[registry.prompt(m) for m in masks],
+                            source_refs=src_refs, target_refs=tgt_refs, real_source=real_src, real_target=real_tgt,
+                            source_label="source", target_label="target")
+    cfg = SteeringSettings.from_params({"masks": 4, "seed_items": 2, "real_tiles": 6, "kid": False})
+    sampler = {"steps": 2, "guidance_scale": 1.0}
+    off, _ = ref_steering(model, inputs, cfg, sampler)
+    on, images = ref_steering(model, inputs, cfg, sampler, moments={"strength": 1.0})
+    assert abs(off["colour_transfer"]) < 0.05 and off["ref_effect"] < 0.5
+    assert on["colour_transfer"] > 0.5 and on["ref_effect"] > 10 * max(off["ref_effect"], 0.1)
+    assert images["target"].mean() < images["source"].mean() - 20  # the target Refs are 50 grey levels darker
+
+
+@pytest.fixture
+def plan_tiles(tmp_path, registry):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        write_image(tmp_path / "tiles" / "images" / f"t{i}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+        write_image(tmp_path / "tiles" / "masks" / f"t{i}.png", rng.integers(0, 5, (32, 32), dtype=np.uint8))
+        rows.append({"name": f"t{i}", "split": "train", "image": f"images/t{i}.png", "mask": f"masks/t{i}.png",
+                     "group": "g", "prompt": "a satellite image of built-up farmland"})
+    for i in range(3):
+        write_image(tmp_path / "target" / "images" / f"u{i}.png", (rng.integers(0, 120, (32, 32, 3))).astype(np.uint8))
+    manifest = pd.DataFrame(rows)
+    target = pd.DataFrame({"name": [f"u{i}" for i in range(3)], "split": "train", "image": [f"images/u{i}.png" for i in range(3)],
+                           "mask": None, "group": "h"})
+    pool = references.build_pool(target, None, "target")
+    plan = references.plan_synthesis(manifest, pool, references.PairingConfig(refs_per_mask=1, seeds_per_pair=1))
+    return {"source": TileSet(tmp_path / "tiles"), "target": TileSet(tmp_path / "target")}, plan
+
+
+def test_a_synthesis_run_with_ref_moments_records_them_resumes_and_is_stale_when_they_change(tmp_path, model, plan_tiles):
+    sets, plan = plan_tiles
+    small = build_generator({"preset": "tiny", "image_size": 32}, model.registry, seed=0).eval()
+    base = {"sample": {"steps": 2, "guidance_scale": 1.0, "batch_size": 2}, "chunk": 3}
+    on = synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0})
+    folder = tmp_path / "syn"
+    assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == len(plan)
+    import json
+
+    manifest = json.loads((folder / "run.json").read_text())
+    recorded = json.dumps(manifest)
+    assert "ref_moments" in recorded and "home" in recorded and "target" in recorded
+    first = {p.name: p.read_bytes() for p in sorted((folder / "images").glob("*"))}
+    assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == 0  # resumes: nothing to do
+    # sharded runs take the moments over the whole plan: the same pixels
+    for k in (0, 1):
+        shard = synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0}, shard_index=k, shard_count=2)
+        synthesis.write_synthetic_images(tmp_path / "sharded", small, plan, sets, shard, "v1")
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "sharded" / "images").glob("*"))} == first
+    # without moments the images differ, and the old ones are moved aside, not deleted
+    off = synthesis.SynthesisSettings(**base)
+    assert synthesis.write_synthetic_images(folder, small, plan, sets, off, "v1") == len(plan)
+    plain = {p.name: p.read_bytes() for p in sorted((folder / "images").glob("*"))}
+    assert plain != first
+    kept = list((folder / "superseded").rglob("*.png"))
+    assert len(kept) == len(plan)
