@@ -195,7 +195,7 @@ def mask_only_set(catalog: Any, ctx_params: dict[str, Any], folder: Path) -> pd.
     model = catalog.load("generator_stage_a")
     mode = "base" if getattr(model, "mask_first", False) else "controlnet"
     settings = synthesis.SynthesisSettings.from_params(ctx_params["sample"])
-    settings = synthesis.SynthesisSettings(**{**vars(settings), "sample": {**settings.sample, "mode": mode}})
+    settings = synthesis.SynthesisSettings(**{**vars(settings), "sample": {**settings.sample, "mode": mode}, "ref_moments": {}})
     images = folder / "synthetic"
     synthesis.write_synthetic_images(images, model, plan, {"source": tiles, "target": target}, settings,
                                      synthesis.generator_version(model) + f"-{mode}")

@@ -75,7 +75,9 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from tisynth.generator import sample_images
-    from tisynth.generator.moments import MomentTransfer, draw_names, encode_moments
+    from tisynth.generator.moments import MomentSettings, MomentTransfer, draw_names, encode_moments
+
+    MomentSettings.from_params({"strength": args.moments})  # a negative or NaN strength is refused here
     from tisynth.generator.reading import ReadingSettings, choose_refs, mask_following
 
     def reading(segmenter: Any, images: list[np.ndarray], masks: list[np.ndarray], k: int) -> dict[str, float]:

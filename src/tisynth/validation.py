@@ -40,7 +40,7 @@ _TYPED_SUBTREES: dict[str, tuple[tuple[str, ...], ...]] = {
     "generator": ((),),
     "segmenter": ((),),
     "train_generator": (("common",), ("base",), ("A",), ("B",), ("report", "sample"), ("common", "sample")),
-    "sample": (("sampler",),),
+    "sample": (("sampler",), ("ref_moments",)),
     "ref_steering": (("sample",),),
     "ref_augment": ((),),
     # user-named entries

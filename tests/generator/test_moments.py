@@ -78,7 +78,8 @@ def test_transfer_refuses_moments_that_do_not_fit():
 
 @pytest.mark.parametrize("params, key", [
     ({"strength": -0.5}, "strength"), ({"strength": float("nan")}, "strength"), ({"strength": True}, "strength"),
-    ({"pool": "domain"}, "pool"), ({"tiles": 1}, "tiles"), ({"min_std": 0}, "min_std"), ({"strenght": 1.0}, "strenght"),
+    ({"pool": "domain"}, "pool"), ({"tiles": 1}, "tiles"), ({"min_std": 0}, "min_std"), ({"min_std": True}, "min_std"),
+    ({"seed": -1}, "seed"), ({"seed": "a"}, "seed"), ({"strenght": 1.0}, "strenght"),
 ])
 def test_bad_moment_settings_name_the_key(params, key):
     with pytest.raises(MomentError, match=key):
@@ -186,17 +187,67 @@ def test_a_synthesis_run_with_ref_moments_records_them_resumes_and_is_stale_when
     manifest = json.loads((folder / "run.json").read_text())
     recorded = json.dumps(manifest)
     assert "ref_moments" in recorded and "home" in recorded and "target" in recorded
-    first = {p.name: p.read_bytes() for p in sorted((folder / "images").glob("*"))}
+    first = _pixels(folder)
     assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == 0  # resumes: nothing to do
-    # sharded runs take the moments over the whole plan: the same pixels
+    # sharded runs take the moments over the whole plan: the same images (up to a CPU's rounding)
     for k in (0, 1):
         shard = synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0}, shard_index=k, shard_count=2)
         synthesis.write_synthetic_images(tmp_path / "sharded", small, plan, sets, shard, "v1")
-    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "sharded" / "images").glob("*"))} == first
+    sharded = _pixels(tmp_path / "sharded")
+    assert sharded.keys() == first.keys()
+    assert all(np.abs(sharded[n].astype(int) - first[n].astype(int)).max() <= 1 for n in first)
     # without moments the images differ, and the old ones are moved aside, not deleted
     off = synthesis.SynthesisSettings(**base)
     assert synthesis.write_synthetic_images(folder, small, plan, sets, off, "v1") == len(plan)
-    plain = {p.name: p.read_bytes() for p in sorted((folder / "images").glob("*"))}
-    assert plain != first
+    plain = _pixels(folder)
+    assert any(np.abs(plain[n].astype(int) - first[n].astype(int)).mean() > 1 for n in first)
     kept = list((folder / "superseded").rglob("*.png"))
     assert len(kept) == len(plan)
+
+
+def _pixels(folder):
+    from tisynth.io import read_image
+
+    return {p.name: read_image(p) for p in sorted((folder / "images").glob("*"))}
+
+
+def test_a_rewritten_tile_of_the_ref_set_resamples_and_item_pools_take_each_ref(tmp_path, model, plan_tiles):
+    sets, plan = plan_tiles
+    small = build_generator({"preset": "tiny", "image_size": 32}, model.registry, seed=0).eval()
+    base = {"sample": {"steps": 2, "guidance_scale": 1.0, "batch_size": 2}, "chunk": 3}
+    on = synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0})
+    folder = tmp_path / "syn"
+    synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1")
+    assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == 0
+    # a target tile of the Ref set (not necessarily any image's own Ref) is rewritten: the set's look changed
+    ref = sorted(set(plan["ref"]))[0]
+    write_image(sets["target"].path(ref), np.full((32, 32, 3), 250, np.uint8))
+    assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == len(plan)
+    # pool item: each image takes its own Ref's moments; two Refs that differ give images that differ
+    item = synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0, "pool": "item"})
+    synthesis.write_synthetic_images(tmp_path / "item", small, plan, sets, item, "v1")
+    set_px, item_px = _pixels(folder), _pixels(tmp_path / "item")
+    assert set_px.keys() == item_px.keys()
+    assert any(np.abs(set_px[n].astype(int) - item_px[n].astype(int)).mean() > 1 for n in set_px)
+
+
+def test_ref_moments_need_the_refs_and_are_checked_with_the_parameters(tmp_path):
+    from tisynth.validation import ParameterError, validate_parameters
+
+    with pytest.raises(Exception, match="mode 'controlnet' samples without Refs"):
+        synthesis.SynthesisSettings.from_params({"sampler": {"mode": "controlnet"}, "ref_moments": {"strength": 1.0}})
+    synthesis.SynthesisSettings.from_params({"sampler": {"mode": "controlnet"}, "ref_moments": {"strength": 0.0}})
+    with pytest.raises(MomentError, match="must be a mapping"):
+        synthesis.SynthesisSettings.from_params({"sampler": {}, "ref_moments": 1.0})
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "base"
+    from tisynth.validation import load_defaults
+
+    defaults = load_defaults(conf)
+    params = {"sample": {**defaults["sample"], "ref_moments": {**defaults["sample"]["ref_moments"], "strength": 1.0,
+                                                                "min_std": 0.01}}}
+    assert validate_parameters(params, defaults) == ["sample"]
+    params["sample"]["ref_moments"]["pool"] = "domain"
+    with pytest.raises(ParameterError, match="ref_moments.pool"):
+        validate_parameters(params, defaults)

@@ -17,7 +17,12 @@ one); only the domain's offset and spread change.
 Moments of one tile mix its style with its content (a water Ref is dark because it is water),
 so by default the Ref moments are pooled over the **set** of Refs the run draws from one domain
 (``pool: set``): content averages out and what is left is the domain's look. ``pool: item``
-takes each item's own Ref (kept for comparison: content then leaks into the look).
+takes each item's own Ref (kept for comparison: content then leaks into the look); its home is
+then the average of the home tiles' *own* moments, so that one tile's spread is compared with
+one tile's spread.
+
+Only mode ``tisynth`` samples with Refs, so only it takes Ref moments (the mask-only control
+stays without them).
 
 Moments are computed over all pixels of a set of latents; the transform is applied once, to the
 denoised latent before decoding, so the denoising trajectory is the generator's own and nothing
@@ -50,7 +55,7 @@ class MomentSettings:
 
     Attributes:
         strength: how far the samples move from the home moments to the Ref moments (0 = off,
-            the paper's sampler; 1 = the whole shift).
+            the paper's sampler; 1 = the whole shift; above 1 extrapolates).
         pool: ``set`` (the moments of all Refs of one domain in the run, content averaged out) or
             ``item`` (each item's own Ref).
         tiles: at most this many tiles (drawn with ``seed``, by name) enter each set's moments.
@@ -69,6 +74,8 @@ class MomentSettings:
     def from_params(cls, params: Mapping[str, Any] | MomentSettings | None) -> MomentSettings:
         if isinstance(params, MomentSettings):
             return params
+        if params is not None and not isinstance(params, Mapping):
+            raise MomentError(f"sample.ref_moments must be a mapping (strength, pool, tiles, seed), got {params!r}")
         cfg = dataclass_from_mapping(cls, dict(params or {}), MomentError, "unknown sample.ref_moments key(s)")
         if isinstance(cfg.strength, bool) or not isinstance(cfg.strength, (int, float)) or not math.isfinite(cfg.strength) \
                 or cfg.strength < 0:
@@ -77,8 +84,10 @@ class MomentSettings:
             raise MomentError(f"sample.ref_moments.pool must be one of {POOLS}, got {cfg.pool!r}")
         if isinstance(cfg.tiles, bool) or not isinstance(cfg.tiles, int) or cfg.tiles < 2:
             raise MomentError(f"sample.ref_moments.tiles must be an integer >= 2, got {cfg.tiles!r}")
-        if not isinstance(cfg.min_std, (int, float)) or not cfg.min_std > 0:
+        if isinstance(cfg.min_std, bool) or not isinstance(cfg.min_std, (int, float)) or not cfg.min_std > 0:
             raise MomentError(f"sample.ref_moments.min_std must be > 0, got {cfg.min_std!r}")
+        if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+            raise MomentError(f"sample.ref_moments.seed must be a non-negative integer, got {cfg.seed!r}")
         return cfg
 
     @property
@@ -136,6 +145,14 @@ def encode_moments(model: Any, images: np.ndarray | Sequence[np.ndarray], batch_
         raise MomentError(f"moments need a set of H×W×3 images, got an array of shape {arr.shape}")
     lat = [model.encode_images(uint8_to_images(arr[i : i + batch_size])).float().cpu() for i in range(0, len(arr), batch_size)]
     return latent_moments(torch.cat(lat))
+
+
+@torch.no_grad()
+def encode_home_moments(model: Any, images: np.ndarray, pool: str, batch_size: int = 16) -> torch.Tensor:
+    """Home moments for a pool: over the whole set (``set``) or the mean of each image's own (``item``)."""
+    if pool == "item":
+        return encode_item_moments(model, images, batch_size).mean(0)
+    return encode_moments(model, images, batch_size)
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Sampling: DDIM with classifier-free guidance, seeded per item (METHOD §3).
 
-Every image depends only on its (mask, Ref, prompt, seed): the initial noise and, for
+Every image depends only on its (mask, Ref, prompt, seed) and, when given, the Ref-moment
+transfer (:mod:`tisynth.generator.moments`): the initial noise and, for
 ``eta > 0``, the DDIM noise of every step are drawn per item from a CPU ``torch.Generator``
 seeded with the item's seed, so outputs do not depend on the batch size, the order of items or
 the device's RNG (up to float rounding: a CPU may pick other kernels for another batch size).

@@ -211,22 +211,30 @@ def choose_inputs(tiles: TileSet, manifest: pd.DataFrame, target_tiles: TileSet 
 
 # ---------------------------------------------------------------------- the report
 def moment_transfers(model: Any, inputs: SteeringInputs, settings: Mapping[str, Any] | None) -> tuple[Any, Any]:
-    """The Ref-moment transfers of the two Ref sets (``sample.ref_moments``; ``(None, None)`` when off): home
-    moments over the real source tiles, Ref moments over each side's distinct Refs (``pool: set``) or each
-    item's own Ref (``pool: item``), as the synthesis run takes them."""
-    from tisynth.generator.moments import MomentSettings, MomentTransfer, encode_item_moments, encode_moments
+    """The Ref-moment transfers of the two Ref sets (``sample.ref_moments``; ``(None, None)`` when off).
+
+    Home moments over the report's real source tiles (a synthesis run takes the labelled tiles of its
+    masks, the same domain); Ref moments over each side's distinct Refs (``pool: set``; at most
+    ``tiles``, seeded) or each item's own Ref (``pool: item``). The target Refs and the real target tiles
+    are drawn from the same pool, so a few tiles can be in both.
+    """
+    from tisynth.generator.moments import (MomentSettings, MomentTransfer, encode_home_moments, encode_item_moments,
+                                           encode_moments)
 
     mcfg = MomentSettings.from_params(settings)
     if not mcfg.enabled:
         return None, None
-    home = encode_moments(model, inputs.real_source)
+    home = encode_home_moments(model, inputs.real_source, mcfg.pool)
 
     def side(refs: np.ndarray) -> Any:
         if mcfg.pool == "item":
             targets = encode_item_moments(model, refs)
         else:
             distinct = np.unique(refs.reshape(len(refs), -1), axis=0).reshape(-1, *refs.shape[1:])
-            targets = encode_moments(model, distinct[: mcfg.tiles])
+            if len(distinct) > mcfg.tiles:
+                keep = np.random.default_rng(mcfg.seed).choice(len(distinct), size=mcfg.tiles, replace=False)
+                distinct = distinct[np.sort(keep)]
+            targets = encode_moments(model, distinct)
         return MomentTransfer(home, targets, mcfg.strength, mcfg.min_std)
 
     return side(inputs.source_refs), side(inputs.target_refs)

@@ -72,13 +72,17 @@ class SynthesisSettings:
             image_format=str(params.get("image_format", "png")),
             shard_index=int(shard.get("index", 0)),
             shard_count=int(shard.get("count", 1)),
-            ref_moments=dict(params.get("ref_moments") or {}),
+            ref_moments=params.get("ref_moments") or {},
         )
         from tisynth.generator.moments import MomentSettings
         from tisynth.generator.sample import SampleConfig
 
         SampleConfig.from_dict(cfg.sample)  # unknown or invalid sampler keys fail here, before any file is touched
-        MomentSettings.from_params(cfg.ref_moments)
+        moments = MomentSettings.from_params(cfg.ref_moments)
+        mode = cfg.sample.get("mode", "tisynth")
+        if moments.enabled and mode != "tisynth":
+            raise DataError(f"sample.ref_moments.strength is {moments.strength}, but sample.sampler.mode {mode!r} samples "
+                            "without Refs; Ref moments need mode tisynth (set the strength to 0 for this mode)")
         if cfg.image_format not in ("png", "jpg"):
             raise DataError(f"sample.image_format must be png or jpg, got {cfg.image_format!r}")
         if not 0 <= cfg.shard_index < cfg.shard_count:
@@ -109,21 +113,23 @@ def plan_moments(model: Any, plan: pd.DataFrame, tilesets: Mapping[str, TileSet]
     ``home`` over the images of the plan's masks (the labelled source tiles) and, with ``pool: set``, one vector
     per Ref domain over the plan's distinct Refs of that domain; each set is at most ``cfg.tiles`` tiles drawn
     with ``cfg.seed``. Returns the vectors and, per vector, a digest of the bytes of the tiles it was taken
-    over (for the run's fingerprint: a changed set resamples, float noise does not)."""
-    from tisynth.generator.moments import draw_names, encode_moments
+    over (for the run's fingerprint: float noise does not resample, but a rewritten tile of a set, or a plan
+    that draws other tiles, makes the whole folder stale: its images are moved aside and sampled again)."""
+    from tisynth.generator.moments import draw_names, encode_home_moments, encode_moments
 
     if "image_of_mask" not in plan.columns:
         raise DataError("Ref moments need the plan's image_of_mask column (the labelled tile of each mask)")
     sets = {"home": ("source", draw_names(plan["image_of_mask"].astype(str), cfg.tiles, cfg.seed))}
     if cfg.pool == "set":
         for domain, rows in plan.groupby("ref_domain", sort=True):
-            sets[str(domain)] = (str(domain), draw_names(rows["ref"].astype(str), cfg.tiles, cfg.seed))
+            sets[f"ref:{domain}"] = (str(domain), draw_names(rows["ref"].astype(str), cfg.tiles, cfg.seed))
     vectors, sources = {}, {}
     for key, (domain, names) in sets.items():
         tileset = _tileset(tilesets, domain)
         log.info("Ref moments: %s moments over %d %s tiles", key, len(names), domain)
         sources[key] = settings_digest([file_digest(tileset.path(n)) for n in names])
-        vectors[key] = encode_moments(model, np.stack([tileset.read_image(n) for n in names]))
+        images = np.stack([tileset.read_image(n) for n in names])
+        vectors[key] = encode_home_moments(model, images, cfg.pool) if key == "home" else encode_moments(model, images)
     return vectors, sources
 
 
@@ -184,7 +190,7 @@ def write_synthetic_images(
             refs = np.stack([_tileset(tilesets, d).read_image(r) for d, r in zip(rows["ref_domain"], rows["ref"])])
             transfer = None
             if mcfg.enabled:
-                targets = (torch.stack([vectors[str(d)] for d in rows["ref_domain"]]) if mcfg.pool == "set"
+                targets = (torch.stack([vectors[f"ref:{d}"] for d in rows["ref_domain"]]) if mcfg.pool == "set"
                            else encode_item_moments(model, refs))
                 transfer = MomentTransfer(vectors["home"], targets, mcfg.strength, mcfg.min_std)
             images = sample_images(model, masks, refs, list(rows["prompt"]), [int(s) for s in rows["seed"]], settings.sample,
