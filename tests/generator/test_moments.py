@@ -39,18 +39,35 @@ def test_moments_are_per_channel_mean_then_std_over_the_set():
         latent_moments(z[0])
 
 
-def test_transfer_moves_a_home_set_exactly_to_the_target_moments():
+def test_transfer_moves_the_means_to_the_target_and_scales_each_images_contrast():
     z = _latents()
     home = latent_moments(z)
     target = torch.cat([torch.tensor([3.0, -1.0, 0.5, 2.0]), torch.tensor([0.7, 1.5, 2.5, 0.3])])
     moved = moment_transfer(z, home, target, strength=1.0)
-    torch.testing.assert_close(latent_moments(moved), target, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(latent_moments(moved)[:4], target[:4], atol=1e-4, rtol=1e-4)
+    ratio = target[4:] / home[4:]
+    torch.testing.assert_close(moved.std((2, 3)), z.std((2, 3)) * ratio, atol=1e-4, rtol=1e-4)
+    # a set whose images are flat around their own means gets exactly the target moments
+    flat = z - z.mean((2, 3), keepdim=True) + z.mean((0, 2, 3), keepdim=True)
+    torch.testing.assert_close(latent_moments(moment_transfer(flat, latent_moments(flat), target)), target, atol=1e-4, rtol=1e-4)
     # strength 0 and a target equal to home leave the latents as they are
     torch.testing.assert_close(moment_transfer(z, home, target, strength=0.0), z)
     torch.testing.assert_close(moment_transfer(z, home, home, strength=1.0), z, atol=1e-5, rtol=1e-5)
     # half strength goes half the way in the means
     half = latent_moments(moment_transfer(z, home, target, strength=0.5))
     torch.testing.assert_close(half[:4], (home[:4] + target[:4]) / 2, atol=1e-4, rtol=1e-4)
+
+
+def test_a_sample_away_from_the_home_mean_still_moves_the_way_the_target_does():
+    """Contrast is scaled around each image's own mean: a biased sample is not pushed the wrong way."""
+    z = _latents()
+    home = latent_moments(z)
+    target = home.clone()
+    target[:4] -= 0.5   # darker
+    target[4:] *= 0.5   # and flatter
+    biased = z - 3.0    # a generator whose samples sit well below the home mean
+    shift = (moment_transfer(biased, home, target) - biased).mean((0, 2, 3))
+    torch.testing.assert_close(shift, torch.full((4,), -0.5), atol=1e-4, rtol=1e-4)
 
 
 def test_each_image_keeps_its_own_content_under_the_transfer():

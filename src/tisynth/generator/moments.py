@@ -8,11 +8,15 @@ domain lives largely in the per-channel mean and standard deviation of its autoe
 so the sampled latent ``z`` is moved, channel by channel, from the generator's *home* moments
 (those of the labelled source tiles its masks come from) to the moments of the *Ref set*:
 
-    z' = z + s · [(μ_ref − μ_home) + (σ_ref / σ_home − 1) · (z − μ_home)]
+    z' = z + s · [(μ_ref − μ_home) + (σ_ref / σ_home − 1) · (z − z̄)]
 
-with strength ``s`` (0 = the paper's sampler, 1 = the whole shift). Because ``z − μ_home`` is
-kept, each image keeps its own content (a mostly-water mask stays darker than a mostly-built
-one); only the domain's offset and spread change.
+with strength ``s`` (0 = the paper's sampler, 1 = the whole shift) and ``z̄`` the image's own
+per-channel mean. Each image keeps its own content (a mostly-water mask stays darker than a
+mostly-built one): its means move by the domain's offset and its contrast scales by the
+domain's spread ratio. The contrast is scaled around the image's own mean, not around
+``μ_home``: a generator's samples need not sit at the home mean, and scaling around it would
+move their means by ``(σ_ref/σ_home − 1)(z̄ − μ_home)``, which can outweigh the offset and
+point the wrong way (measured: samples got brighter next to a darker target).
 
 Moments of one tile mix its style with its content (a water Ref is dark because it is water),
 so by default the Ref moments are pooled over the **set** of Refs the run draws from one domain
@@ -117,7 +121,9 @@ def moment_transfer(latents: torch.Tensor, home: torch.Tensor, target: torch.Ten
     """Move ``latents`` (``B×C×h×w``) from the ``home`` moments to the ``target`` moments.
 
     ``home`` is a ``2C`` vector; ``target`` is ``2C`` (one set for all) or ``B×2C`` (per image).
-    At ``strength`` 1 a set whose moments are ``home`` gets exactly the ``target`` moments.
+    Each image's channel means move by ``μ_target − μ_home`` and its spread around its own mean
+    scales by ``σ_target / σ_home``; at ``strength`` 1 a set of flat-mean images whose moments are
+    ``home`` gets exactly the ``target`` moments.
     """
     b, c = latents.shape[:2]
     home = home.to(latents.device, torch.float32).reshape(-1)
@@ -131,7 +137,8 @@ def moment_transfer(latents: torch.Tensor, home: torch.Tensor, target: torch.Ten
     mu_h, sd_h = home[:c].view(1, c, 1, 1), home[c:].clamp_min(min_std).view(1, c, 1, 1)
     mu_t, sd_t = target[:, :c].view(b, c, 1, 1), target[:, c:].view(b, c, 1, 1)
     z = latents.float()
-    moved = z + (mu_t - mu_h) + (sd_t / sd_h - 1) * (z - mu_h)
+    own = z.mean((2, 3), keepdim=True)
+    moved = z + (mu_t - mu_h) + (sd_t / sd_h - 1) * (z - own)
     return (z + float(strength) * (moved - z)).to(latents.dtype)
 
 

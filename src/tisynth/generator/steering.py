@@ -50,6 +50,9 @@ class SteeringSettings:
         seed: seed of the draws (masks, Refs, sampling seeds).
         kid: compute KID (needs the Inception network); False: colour and pixel figures only.
         figure_rows: rows of the figure.
+        ref_set_tiles: tiles per domain in the Ref set whose moments Ref-set moments take (as a synthesis
+            run takes up to ``sample.ref_moments.tiles`` Refs of its plan), outside the real tiles where
+            the pool allows; 0: the per-mask Refs themselves.
         sample: sampler overrides on top of ``sample.sampler`` (e.g. ``{steps: 12}``).
     """
 
@@ -60,12 +63,13 @@ class SteeringSettings:
     seed: int = 0
     kid: bool = True
     figure_rows: int = 8
+    ref_set_tiles: int = 64
     sample: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> SteeringSettings:
         cfg = dataclass_from_mapping(cls, dict(params or {}), SteeringError, "unknown ref_steering key(s)")
-        for name in ("masks", "seed_items", "real_tiles", "figure_rows"):
+        for name in ("masks", "seed_items", "real_tiles", "figure_rows", "ref_set_tiles"):
             value = getattr(cfg, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise SteeringError(f"ref_steering.{name} must be a non-negative integer, got {value!r}")
@@ -118,7 +122,8 @@ def mean_abs_change(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass
 class SteeringInputs:
     """What the report samples from: masks with prompts, one source and one target Ref per mask,
-    and real tiles of both domains."""
+    real tiles of both domains, and (for Ref-set moments) a Ref set per domain drawn like a synthesis
+    run's: other tiles of the same pools than the real tiles wherever the pool is large enough."""
 
     names: list[str]
     masks: np.ndarray
@@ -129,6 +134,8 @@ class SteeringInputs:
     real_target: np.ndarray
     source_label: str
     target_label: str
+    source_ref_set: np.ndarray | None = None
+    target_ref_set: np.ndarray | None = None
 
 
 def _rng_pick(rng: np.random.Generator, items: Sequence[Any], n: int, replace: bool = False) -> list[Any]:
@@ -196,6 +203,9 @@ def choose_inputs(tiles: TileSet, manifest: pd.DataFrame, target_tiles: TileSet 
     tgt_by = tgt_rows.set_index("name")["image"]
     real_src_n = _rng_pick(rng, src_names, cfg.real_tiles)
     real_tgt_n = _rng_pick(rng, tgt_names, cfg.real_tiles)
+    # drawn last, so every earlier draw (and the report without Ref moments) is what it was
+    src_set_n = _ref_set(rng, src_names, set(real_src_n), cfg.ref_set_tiles)
+    tgt_set_n = _ref_set(rng, tgt_names, set(real_tgt_n), cfg.ref_set_tiles)
     return SteeringInputs(
         names=[str(n) for n in mask_rows["name"]],
         masks=np.stack([tiles.read_mask(str(m)) for m in mask_rows["mask"]]),
@@ -206,7 +216,17 @@ def choose_inputs(tiles: TileSet, manifest: pd.DataFrame, target_tiles: TileSet 
         real_target=np.stack([tgt_set.read_image(str(tgt_by[n])) for n in real_tgt_n]),
         source_label=labels[0],
         target_label=labels[1],
+        source_ref_set=np.stack([src_set.read_image(str(src_by[n])) for n in src_set_n]) if src_set_n else None,
+        target_ref_set=np.stack([tgt_set.read_image(str(tgt_by[n])) for n in tgt_set_n]) if tgt_set_n else None,
     )
+
+
+def _ref_set(rng: np.random.Generator, names: Sequence[str], avoid: set[str], k: int) -> list[str]:
+    """Up to ``k`` distinct tiles for a domain's Ref set, outside ``avoid`` (the real tiles) while enough remain."""
+    if k <= 0:
+        return []
+    others = [n for n in names if n not in avoid]
+    return _rng_pick(rng, others if len(others) >= min(k, len(names)) else list(names), k)
 
 
 # ---------------------------------------------------------------------- the report
@@ -214,9 +234,10 @@ def moment_transfers(model: Any, inputs: SteeringInputs, settings: Mapping[str, 
     """The Ref-moment transfers of the two Ref sets (``sample.ref_moments``; ``(None, None)`` when off).
 
     Home moments over the report's real source tiles (a synthesis run takes the labelled tiles of its
-    masks, the same domain); Ref moments over each side's distinct Refs (``pool: set``; at most
-    ``tiles``, seeded) or each item's own Ref (``pool: item``). The target Refs and the real target tiles
-    are drawn from the same pool, so a few tiles can be in both.
+    masks, the same domain); Ref moments over each side's Ref set (``pool: set``: ``ref_set_tiles``
+    tiles of the domain's pool other than the real tiles, as many as a synthesis run's plan gives;
+    without one, the distinct per-mask Refs, at most ``tiles``, seeded) or each item's own Ref
+    (``pool: item``).
     """
     from tisynth.generator.moments import (MomentSettings, MomentTransfer, encode_home_moments, encode_item_moments,
                                            encode_moments)
@@ -226,9 +247,11 @@ def moment_transfers(model: Any, inputs: SteeringInputs, settings: Mapping[str, 
         return None, None
     home = encode_home_moments(model, inputs.real_source, mcfg.pool)
 
-    def side(refs: np.ndarray) -> Any:
+    def side(refs: np.ndarray, ref_set: np.ndarray | None) -> Any:
         if mcfg.pool == "item":
             targets = encode_item_moments(model, refs)
+        elif ref_set is not None and len(ref_set):
+            targets = encode_moments(model, ref_set[: mcfg.tiles])
         else:
             distinct = np.unique(refs.reshape(len(refs), -1), axis=0).reshape(-1, *refs.shape[1:])
             if len(distinct) > mcfg.tiles:
@@ -237,7 +260,7 @@ def moment_transfers(model: Any, inputs: SteeringInputs, settings: Mapping[str, 
             targets = encode_moments(model, distinct)
         return MomentTransfer(home, targets, mcfg.strength, mcfg.min_std)
 
-    return side(inputs.source_refs), side(inputs.target_refs)
+    return side(inputs.source_refs, inputs.source_ref_set), side(inputs.target_refs, inputs.target_ref_set)
 
 
 def ref_steering(model: Any, inputs: SteeringInputs, cfg: SteeringSettings, sampler: Mapping[str, Any] | None = None,
