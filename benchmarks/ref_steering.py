@@ -60,7 +60,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--moments", type=float, default=0.0, help="Ref-moment strength (0: off)")
     p.add_argument("--moments-pool", choices=("set", "item"), default="set")
-    p.add_argument("--ref-set-tiles", type=int, default=64,
+    p.add_argument("--ref-set-tiles", type=int, default=256,
                    help="tiles per domain in the Ref set of Ref-set moments (0: the per-mask Refs)")
     args = p.parse_args()
 

@@ -268,3 +268,19 @@ def test_ref_moments_need_the_refs_and_are_checked_with_the_parameters(tmp_path)
     params["sample"]["ref_moments"]["pool"] = "domain"
     with pytest.raises(ParameterError, match="ref_moments.pool"):
         validate_parameters(params, defaults)
+
+
+def test_pool_colour_statistics_equal_those_of_the_stacked_tiles(tmp_path):
+    from tisynth.generator.steering import colour_stats, colour_transfer, pool_colour_stats
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(5)]
+    for i, im in enumerate(images):
+        write_image(tmp_path / "images" / f"t{i}.png", im)
+    stats = pool_colour_stats(TileSet(tmp_path), [f"images/t{i}.png" for i in range(5)])
+    np.testing.assert_allclose(stats, colour_stats(np.stack(images)), atol=1e-9)
+    # colour_transfer takes pool statistics in place of the real images
+    dark = [np.clip(im.astype(int) - 40, 0, 255).astype(np.uint8) for im in images]
+    direct = colour_transfer(np.stack(images), np.stack(dark), np.stack(images), np.stack(dark))
+    pooled = colour_transfer(np.stack(images), np.stack(dark), colour_stats(np.stack(images)), colour_stats(np.stack(dark)))
+    assert direct["colour_transfer"] == pytest.approx(pooled["colour_transfer"]) == pytest.approx(1.0)

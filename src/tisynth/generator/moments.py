@@ -70,7 +70,7 @@ class MomentSettings:
 
     strength: float = 0.0
     pool: str = "set"
-    tiles: int = 64
+    tiles: int = 256
     seed: int = 0
     min_std: float = 1e-3
 

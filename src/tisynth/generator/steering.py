@@ -50,6 +50,8 @@ class SteeringSettings:
         seed: seed of the draws (masks, Refs, sampling seeds).
         kid: compute KID (needs the Inception network); False: colour and pixel figures only.
         figure_rows: rows of the figure.
+        colour_tiles: tiles per domain whose colour statistics give the real shift (0: every tile of the
+            pool; a 64-tile draw misses the domains' difference by about 7 grey levels per band, 256 by 3).
         ref_set_tiles: tiles per domain in the Ref set whose moments Ref-set moments take (as a synthesis
             run takes up to ``sample.ref_moments.tiles`` Refs of its plan), outside the real tiles where
             the pool allows; 0: the per-mask Refs themselves.
@@ -63,13 +65,14 @@ class SteeringSettings:
     seed: int = 0
     kid: bool = True
     figure_rows: int = 8
-    ref_set_tiles: int = 64
+    ref_set_tiles: int = 256
+    colour_tiles: int = 0
     sample: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> SteeringSettings:
         cfg = dataclass_from_mapping(cls, dict(params or {}), SteeringError, "unknown ref_steering key(s)")
-        for name in ("masks", "seed_items", "real_tiles", "figure_rows", "ref_set_tiles"):
+        for name in ("masks", "seed_items", "real_tiles", "figure_rows", "ref_set_tiles", "colour_tiles"):
             value = getattr(cfg, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise SteeringError(f"ref_steering.{name} must be a non-negative integer, got {value!r}")
@@ -87,9 +90,27 @@ class SteeringSettings:
 
 # ---------------------------------------------------------------------- figures of merit
 def colour_stats(images: np.ndarray) -> np.ndarray:
-    """Per-band mean and standard deviation over all pixels of a set (N×H×W×3 uint8) -> 6-vector."""
-    x = np.asarray(images, dtype=np.float64).reshape(-1, 3)
+    """Per-band mean and standard deviation over all pixels of a set (N×H×W×3 uint8) -> 6-vector
+    (a 6-vector, e.g. from :func:`pool_colour_stats`, is returned as it is)."""
+    arr = np.asarray(images, dtype=np.float64)
+    if arr.ndim == 1 and arr.shape[0] == 6:
+        return arr
+    x = arr.reshape(-1, 3)
     return np.concatenate([x.mean(0), x.std(0)])
+
+
+def pool_colour_stats(tiles: TileSet, paths: Sequence[str]) -> np.ndarray:
+    """:func:`colour_stats` of a whole pool of tiles, read one at a time (no stack in memory)."""
+    total, squares, count = np.zeros(3), np.zeros(3), 0
+    for p in paths:
+        x = np.asarray(tiles.read_image(str(p)), dtype=np.float64).reshape(-1, 3)
+        total += x.sum(0)
+        squares += (x * x).sum(0)
+        count += len(x)
+    if not count:
+        raise SteeringError("colour statistics of an empty set of tiles")
+    mean = total / count
+    return np.concatenate([mean, np.sqrt(np.maximum(squares / count - mean * mean, 0))])
 
 
 def colour_transfer(syn_source: np.ndarray, syn_target: np.ndarray, real_source: np.ndarray,
@@ -100,7 +121,7 @@ def colour_transfer(syn_source: np.ndarray, syn_target: np.ndarray, real_source:
     (:func:`colour_stats`). 1 = the synthetic images move exactly as far as the real domains
     differ, in the same direction; 0 = they do not move; negative = the wrong way.
     """
-    d_real = colour_stats(real_target) - colour_stats(real_source)
+    d_real = colour_stats(real_target) - colour_stats(real_source)  # images, or pool statistics
     d_syn = colour_stats(syn_target) - colour_stats(syn_source)
     norm = float(d_real @ d_real)
     if norm < 1e-9:
@@ -123,7 +144,8 @@ def mean_abs_change(a: np.ndarray, b: np.ndarray) -> float:
 class SteeringInputs:
     """What the report samples from: masks with prompts, one source and one target Ref per mask,
     real tiles of both domains, and (for Ref-set moments) a Ref set per domain drawn like a synthesis
-    run's: other tiles of the same pools than the real tiles wherever the pool is large enough."""
+    run's: other tiles of the same pools than the real tiles wherever the pool is large enough; the
+    colour statistics (6-vectors) of each domain's pool for the real colour shift."""
 
     names: list[str]
     masks: np.ndarray
@@ -136,6 +158,8 @@ class SteeringInputs:
     target_label: str
     source_ref_set: np.ndarray | None = None
     target_ref_set: np.ndarray | None = None
+    colour_source: np.ndarray | None = None
+    colour_target: np.ndarray | None = None
 
 
 def _rng_pick(rng: np.random.Generator, items: Sequence[Any], n: int, replace: bool = False) -> list[Any]:
@@ -206,6 +230,8 @@ def choose_inputs(tiles: TileSet, manifest: pd.DataFrame, target_tiles: TileSet 
     # drawn last, so every earlier draw (and the report without Ref moments) is what it was
     src_set_n = _ref_set(rng, src_names, set(real_src_n), cfg.ref_set_tiles)
     tgt_set_n = _ref_set(rng, tgt_names, set(real_tgt_n), cfg.ref_set_tiles)
+    src_colour_n = src_names if not cfg.colour_tiles else _rng_pick(rng, src_names, cfg.colour_tiles)
+    tgt_colour_n = tgt_names if not cfg.colour_tiles else _rng_pick(rng, tgt_names, cfg.colour_tiles)
     return SteeringInputs(
         names=[str(n) for n in mask_rows["name"]],
         masks=np.stack([tiles.read_mask(str(m)) for m in mask_rows["mask"]]),
@@ -218,6 +244,8 @@ def choose_inputs(tiles: TileSet, manifest: pd.DataFrame, target_tiles: TileSet 
         target_label=labels[1],
         source_ref_set=np.stack([src_set.read_image(str(src_by[n])) for n in src_set_n]) if src_set_n else None,
         target_ref_set=np.stack([tgt_set.read_image(str(tgt_by[n])) for n in tgt_set_n]) if tgt_set_n else None,
+        colour_source=pool_colour_stats(src_set, [str(src_by[n]) for n in src_colour_n]),
+        colour_target=pool_colour_stats(tgt_set, [str(tgt_by[n]) for n in tgt_colour_n]),
     )
 
 
@@ -291,7 +319,9 @@ def ref_steering(model: Any, inputs: SteeringInputs, cfg: SteeringSettings, samp
         metrics["seed_effect"] = mean_abs_change(syn_src[:m], syn_seed)
         metrics["ref_effect_same_items"] = mean_abs_change(syn_src[:m], syn_tgt[:m])
         metrics["ref_over_seed"] = metrics["ref_effect_same_items"] / max(metrics["seed_effect"], 1e-9)
-    metrics.update(colour_transfer(syn_src, syn_tgt, inputs.real_source, inputs.real_target))
+    real_colour = ((inputs.colour_source, inputs.colour_target) if inputs.colour_source is not None
+                   and inputs.colour_target is not None else (inputs.real_source, inputs.real_target))
+    metrics.update(colour_transfer(syn_src, syn_tgt, *real_colour))
     small = min(n, len(inputs.real_source), len(inputs.real_target))
     if cfg.kid and small < 2:
         log.info("ref_steering: KID skipped (a set of %d image(s); it needs two)", small)
