@@ -67,7 +67,7 @@ def main() -> int:
     p.add_argument("--fid", action="store_true", help="FID/KID against the real val tiles")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--moments", type=float, default=0.0,
-                   help="Ref-set latent moments at this strength (mode tisynth; home: 64 train tiles, Ref set: the drawn Refs)")
+                   help="Ref-set latent moments at this strength (mode tisynth; home: 256 train tiles, Ref set: the drawn Refs)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
@@ -130,7 +130,7 @@ def main() -> int:
             transfer = None
             if refs is not None and args.moments > 0:
                 train_images = manifest.loc[manifest["split"] == "train", "image"].astype(str)
-                home = encode_moments(model, np.stack([tiles.read_image(i) for i in draw_names(train_images, 64, 0)]))
+                home = encode_moments(model, np.stack([tiles.read_image(i) for i in draw_names(train_images, 256, 0)]))
                 transfer = MomentTransfer(home, encode_moments(model, np.unique(refs, axis=0)), args.moments)
             for g in args.guidance:
                 t0 = time.time()
