@@ -95,13 +95,14 @@ def test_check_keys_walks_nested_mappings():
 
 
 def test_style_pairs_need_the_latent_cache_and_a_target_with_images(tmp_path):
-    params = _with(_with(_params("folder"), "train_generator.latent_cache.enabled", False), "train_generator.unlabeled.enabled", False)
+    folder = _with(_with(_params("folder"), "train_generator.style_pairs.enabled", True), "train_generator.unlabeled.enabled", True)
+    params = _with(_with(folder, "train_generator.latent_cache.enabled", False), "train_generator.unlabeled.enabled", False)
     with pytest.raises(ParameterError, match=r"style_pairs\.enabled needs train_generator\.latent_cache\.enabled"):
         validate_parameters(params, DEFAULTS)
     empty = tmp_path / "target"
     (empty / "images").mkdir(parents=True)
     (empty / "images" / "notes.txt").write_text("no image here")
-    params = {**_params("folder"), "target": {**_params("folder").get("target", {}), "root": str(empty)}}
+    params = {**folder, "target": {**folder.get("target", {}), "root": str(empty)}}
     with pytest.raises(ParameterError, match=r"target\.root: .* holds no images"):
         validate_parameters(params, DEFAULTS)
     write_image(empty / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
