@@ -194,9 +194,7 @@ def plan_tiles(tmp_path, registry):
 
 def test_a_synthesis_run_with_ref_moments_records_them_resumes_and_is_stale_when_they_change(tmp_path, model, plan_tiles):
     sets, plan = plan_tiles
-    small = build_generator({"preset": "tiny", "image_size": 32}, model.registry, seed=0).eval()
-    base = {"sample": {"steps": 2, "guidance_scale": 1.0, "batch_size": 2}, "chunk": 3}
-    on = synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0})
+    small, base, on = _synthesis_setup(model)
     folder = tmp_path / "syn"
     assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == len(plan)
     import json
@@ -222,6 +220,13 @@ def test_a_synthesis_run_with_ref_moments_records_them_resumes_and_is_stale_when
     assert len(kept) == len(plan)
 
 
+def _synthesis_setup(model):
+    """A 32 px generator, the shared synthesis settings and those settings with Ref moments on."""
+    small = build_generator({"preset": "tiny", "image_size": 32}, model.registry, seed=0).eval()
+    base = {"sample": {"steps": 2, "guidance_scale": 1.0, "batch_size": 2}, "chunk": 3}
+    return small, base, synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0})
+
+
 def _pixels(folder):
     from tisynth.io import read_image
 
@@ -230,9 +235,7 @@ def _pixels(folder):
 
 def test_a_rewritten_tile_of_the_ref_set_resamples_and_item_pools_take_each_ref(tmp_path, model, plan_tiles):
     sets, plan = plan_tiles
-    small = build_generator({"preset": "tiny", "image_size": 32}, model.registry, seed=0).eval()
-    base = {"sample": {"steps": 2, "guidance_scale": 1.0, "batch_size": 2}, "chunk": 3}
-    on = synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0})
+    small, base, on = _synthesis_setup(model)
     folder = tmp_path / "syn"
     synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1")
     assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == 0

@@ -146,13 +146,18 @@ def moment_transfer(latents: torch.Tensor, home: torch.Tensor, target: torch.Ten
 @torch.no_grad()
 def encode_moments(model: Any, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 16) -> torch.Tensor:
     """The ``2C`` latent moments of a set of uint8 ``H×W×3`` images, through ``model``'s autoencoder."""
+    return latent_moments(_encode(model, images, batch_size))
+
+
+def _encode(model: Any, images: np.ndarray | Sequence[np.ndarray], batch_size: int) -> torch.Tensor:
+    """uint8 ``N×H×W×3`` images -> their latents ``N×C×h×w`` on the CPU, ``batch_size`` at a time."""
     from tisynth.generator.data import uint8_to_images
 
     arr = np.asarray(images)
     if arr.ndim != 4 or len(arr) < 1:
         raise MomentError(f"moments need a set of H×W×3 images, got an array of shape {arr.shape}")
-    lat = [model.encode_images(uint8_to_images(arr[i : i + batch_size])).float().cpu() for i in range(0, len(arr), batch_size)]
-    return latent_moments(torch.cat(lat))
+    return torch.cat([model.encode_images(uint8_to_images(arr[i : i + batch_size])).float().cpu()
+                      for i in range(0, len(arr), batch_size)])
 
 
 @torch.no_grad()
@@ -166,11 +171,7 @@ def encode_home_moments(model: Any, images: np.ndarray, pool: str, batch_size: i
 @torch.no_grad()
 def encode_item_moments(model: Any, images: np.ndarray, batch_size: int = 16) -> torch.Tensor:
     """Each image's own ``2C`` moments (``N×2C``)."""
-    from tisynth.generator.data import uint8_to_images
-
-    arr = np.asarray(images)
-    lat = [model.encode_images(uint8_to_images(arr[i : i + batch_size])).float().cpu() for i in range(0, len(arr), batch_size)]
-    return item_moments(torch.cat(lat))
+    return item_moments(_encode(model, images, batch_size))
 
 
 def draw_names(names: Sequence[str], k: int, seed: int) -> list[str]:
