@@ -68,6 +68,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--moments", type=float, default=0.0,
                    help="Ref-set latent moments at this strength (mode tisynth; home: 256 train tiles, Ref set: the drawn Refs)")
+    p.add_argument("--moments-transform", choices=("channel", "covariance"), default="channel",
+                   help="per-channel moments, or means and the full channel covariance (Gaussian transport)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
@@ -77,7 +79,7 @@ def main() -> int:
     from tisynth.generator import sample_images
     from tisynth.generator.moments import MomentSettings, MomentTransfer, draw_names, encode_moments
 
-    MomentSettings.from_params({"strength": args.moments})  # a negative or NaN strength is refused here
+    MomentSettings.from_params({"strength": args.moments, "transform": args.moments_transform})  # a negative or NaN strength is refused here
     from tisynth.generator.reading import ReadingSettings, choose_refs, mask_following
 
     def reading(segmenter: Any, images: list[np.ndarray], masks: list[np.ndarray], k: int) -> dict[str, float]:
@@ -130,15 +132,18 @@ def main() -> int:
             transfer = None
             if refs is not None and args.moments > 0:
                 train_images = manifest.loc[manifest["split"] == "train", "image"].astype(str)
-                home = encode_moments(model, np.stack([tiles.read_image(i) for i in draw_names(train_images, 256, 0)]))
-                transfer = MomentTransfer(home, encode_moments(model, np.unique(refs, axis=0)), args.moments)
+                home = encode_moments(model, np.stack([tiles.read_image(i) for i in draw_names(train_images, 256, 0)]),
+                                      transform=args.moments_transform)
+                transfer = MomentTransfer(home, encode_moments(model, np.unique(refs, axis=0), transform=args.moments_transform),
+                                          args.moments, transform=args.moments_transform)
             for g in args.guidance:
                 t0 = time.time()
                 cfg = {"steps": args.steps, "guidance_scale": g, "mode": mode, "timestep_spacing": args.spacing,
                        "uncond": args.uncond, "batch_size": 16, "progress": True}
                 images = list(sample_images(model, np.stack(masks), refs, list(val["prompt"]), list(range(len(masks))), cfg,
                                             moments=transfer))
-                extra = f", Ref moments {args.moments:g}" if transfer is not None else ""
+                extra = (f", Ref moments {args.moments:g}" + (f" ({args.moments_transform})" if args.moments_transform != "channel" else "")
+                         if transfer is not None else "")
                 row = {"images": f"{args.model} {mode}, Refs {how}{extra}, guidance {g:g}", **reading(segmenter, images, masks, k),
                        **(quality(images) if quality else {}), "seconds": time.time() - t0}
                 rows.append(row)

@@ -60,6 +60,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--moments", type=float, default=0.0, help="Ref-moment strength (0: off)")
     p.add_argument("--moments-pool", choices=("set", "item"), default="set")
+    p.add_argument("--moments-transform", choices=("channel", "covariance"), default="channel",
+                   help="per-channel moments, or means and the full channel covariance (Gaussian transport)")
     p.add_argument("--ref-set-tiles", type=int, default=256,
                    help="tiles per domain in the Ref set of Ref-set moments (0: the per-mask Refs)")
     args = p.parse_args()
@@ -87,12 +89,13 @@ def main() -> int:
     start = time.time()
     inputs = choose_inputs(tiles, manifest, target_tiles, target_manifest, cfg)
     sampler = {"steps": args.steps, "guidance_scale": args.guidance, "timestep_spacing": "trailing", "uncond": "mask_prompt"}
-    moments = {"strength": args.moments, "pool": args.moments_pool}
+    moments = {"strength": args.moments, "pool": args.moments_pool, "transform": args.moments_transform}
     metrics, images = ref_steering(model, inputs, cfg, sampler, moments=moments)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").lower() or "run"
     steering_figure(model, inputs, images, metrics, rows=8).savefig(out / f"ref_steering_{slug}.png", dpi=110)
     row = {"label": label, "workspace": ws.name, "masks": len(inputs.names), "guidance": args.guidance,
-           "moments": args.moments, "moments_pool": args.moments_pool, "ref_set_tiles": args.ref_set_tiles,
+           "moments": args.moments, "moments_pool": args.moments_pool, "moments_transform": args.moments_transform,
+           "ref_set_tiles": args.ref_set_tiles,
            "seconds": round(time.time() - start, 1), **metrics}
     table_path = out / "ref_steering.csv"
     table = pd.read_csv(table_path) if table_path.exists() else pd.DataFrame()

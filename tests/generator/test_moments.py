@@ -16,6 +16,7 @@ from tisynth.generator.moments import (
     MomentTransfer,
     draw_names,
     encode_moments,
+    gaussian_transport,
     latent_moments,
     moment_transfer,
 )
@@ -97,6 +98,7 @@ def test_transfer_refuses_moments_that_do_not_fit():
     ({"strength": -0.5}, "strength"), ({"strength": float("nan")}, "strength"), ({"strength": True}, "strength"),
     ({"pool": "domain"}, "pool"), ({"tiles": 1}, "tiles"), ({"min_std": 0}, "min_std"), ({"min_std": True}, "min_std"),
     ({"seed": -1}, "seed"), ({"seed": "a"}, "seed"), ({"strenght": 1.0}, "strenght"),
+    ({"transform": "wct"}, "transform"),
 ])
 def test_bad_moment_settings_name_the_key(params, key):
     with pytest.raises(MomentError, match=key):
@@ -108,6 +110,74 @@ def test_settings_default_to_off_and_validate_through_the_sample_block():
     assert MomentSettings.from_params({"strength": 1}).enabled
     with pytest.raises(MomentError, match="pool"):
         synthesis.SynthesisSettings.from_params({"sampler": {"steps": 2}, "ref_moments": {"strength": 1.0, "pool": "x"}})
+
+
+def _correlated(seed: int = 0, n: int = 6, c: int = 4, mix: float = 0.8) -> torch.Tensor:
+    """Latents whose channels are correlated (channel 1 follows channel 0, as green follows red)."""
+    z = _latents(seed, n, c)
+    z[:, 1] = mix * z[:, 0] + (1 - mix) * z[:, 1]
+    return z
+
+
+def _cov(z: torch.Tensor) -> torch.Tensor:
+    c = z.shape[1]
+    return latent_moments(z, "covariance")[c:].view(c, c)
+
+
+def test_covariance_moments_are_the_means_then_the_channel_covariance():
+    z = _correlated()
+    m = latent_moments(z, "covariance")
+    assert m.shape == (4 + 16,)
+    flat = z.transpose(0, 1).flatten(1)
+    torch.testing.assert_close(m[:4], flat.mean(1))
+    torch.testing.assert_close(m[4:].view(4, 4), torch.cov(flat, correction=0), atol=1e-5, rtol=1e-5)
+    # its diagonal is the channel transform's variance
+    torch.testing.assert_close(m[4:].view(4, 4).diagonal().sqrt(), latent_moments(z)[4:], atol=1e-5, rtol=1e-5)
+
+
+def test_the_gaussian_transport_map_carries_one_covariance_onto_the_other():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g)
+    home, target = a @ a.T + 0.1 * torch.eye(4), b @ b.T + 0.1 * torch.eye(4)
+    m = gaussian_transport(home, target)
+    torch.testing.assert_close(m, m.T, atol=1e-4, rtol=1e-4)                 # symmetric: the least displacement
+    torch.testing.assert_close(m @ home @ m, target, atol=1e-3, rtol=1e-3)   # A Σ_h A = Σ_t
+    torch.testing.assert_close(gaussian_transport(home, home), torch.eye(4), atol=1e-4, rtol=1e-4)
+    # diagonal covariances: the per-channel spread ratio
+    d_home, d_target = torch.diag(torch.tensor([1.0, 4.0, 0.25, 2.0])), torch.diag(torch.tensor([4.0, 1.0, 1.0, 2.0]))
+    torch.testing.assert_close(gaussian_transport(d_home, d_target), torch.diag(torch.tensor([2.0, 0.5, 2.0, 1.0])),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_the_covariance_transfer_gives_a_set_the_target_covariance_the_channel_transfer_misses():
+    z = _correlated()
+    flat = z - z.mean((2, 3), keepdim=True) + z.mean((0, 2, 3), keepdim=True)  # images flat around the set's mean
+    home = latent_moments(flat, "covariance")
+    other = _correlated(seed=5, mix=-0.6) * 1.5 + 0.7                         # channels 0 and 1 now anti-correlated
+    target = latent_moments(other, "covariance")
+    moved = moment_transfer(flat, home, target, transform="covariance")
+    torch.testing.assert_close(latent_moments(moved, "covariance"), target, atol=1e-3, rtol=1e-3)
+    # the per-channel transfer gets the variances but keeps the home correlation
+    per_channel = moment_transfer(flat, latent_moments(flat), latent_moments(other))
+    torch.testing.assert_close(_cov(per_channel).diagonal(), _cov(other).diagonal(), atol=1e-3, rtol=1e-3)
+    assert _cov(per_channel)[0, 1] > 0 > _cov(other)[0, 1]
+    # target = home and strength 0 change nothing; per-item targets of one set give the set's result
+    torch.testing.assert_close(moment_transfer(z, home, home, transform="covariance"), z, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(moment_transfer(z, home, target, strength=0.0, transform="covariance"), z)
+    torch.testing.assert_close(moment_transfer(flat, home, target[None].repeat(len(z), 1), transform="covariance"), moved)
+    # diagonal covariances: the same images as the channel transfer
+    c = z.shape[1]
+    diag = lambda m: torch.cat([m[:c], torch.diag(m[c:] ** 2).flatten()])  # noqa: E731
+    h2, t2 = latent_moments(z), latent_moments(other)
+    torch.testing.assert_close(moment_transfer(z, diag(h2), diag(t2), transform="covariance"), moment_transfer(z, h2, t2),
+                               atol=1e-4, rtol=1e-4)
+    with pytest.raises(MomentError, match="need 20 for transform 'covariance'"):
+        moment_transfer(z, latent_moments(z), target, transform="covariance")
+
+
+def test_the_transform_enters_a_fingerprint_only_when_it_is_not_the_default():
+    assert "transform" not in MomentSettings.from_params({"strength": 1.0}).to_dict()
+    assert MomentSettings.from_params({"strength": 1.0, "transform": "covariance"}).to_dict()["transform"] == "covariance"
 
 
 def test_draw_names_is_seeded_distinct_and_capped():
@@ -171,6 +241,9 @@ def test_with_ref_moments_the_target_refs_carry_the_target_look(model, registry)
     assert abs(off["colour_transfer"]) < 0.05 and off["ref_effect"] < 0.5
     assert on["colour_transfer"] > 0.5 and on["ref_effect"] > 10 * max(off["ref_effect"], 0.1)
     assert images["target"].mean() < images["source"].mean() - 20  # the target Refs are 50 grey levels darker
+    assert 0 < on["ref_over_seed_at_real_shift"] and on["ref_effect_at_real_shift"] > 10
+    cov, _ = ref_steering(model, inputs, cfg, sampler, moments={"strength": 1.0, "transform": "covariance"})
+    assert cov["colour_transfer"] > 0.5 and cov["ref_effect"] > 10 * max(off["ref_effect"], 0.1)
 
 
 @pytest.fixture
@@ -249,6 +322,10 @@ def test_a_rewritten_tile_of_the_ref_set_resamples_and_item_pools_take_each_ref(
     set_px, item_px = _pixels(folder), _pixels(tmp_path / "item")
     assert set_px.keys() == item_px.keys()
     assert any(np.abs(set_px[n].astype(int) - item_px[n].astype(int)).mean() > 1 for n in set_px)
+    # the covariance transform: its own fingerprint, so the folder is sampled again
+    cov = synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0, "transform": "covariance"})
+    assert synthesis.write_synthetic_images(folder, small, plan, sets, cov, "v1") == len(plan)
+    assert synthesis.write_synthetic_images(folder, small, plan, sets, cov, "v1") == 0
 
 
 def test_ref_moments_need_the_refs_and_are_checked_with_the_parameters(tmp_path):
@@ -287,3 +364,15 @@ def test_pool_colour_statistics_equal_those_of_the_stacked_tiles(tmp_path):
     direct = colour_transfer(np.stack(images), np.stack(dark), np.stack(images), np.stack(dark))
     pooled = colour_transfer(np.stack(images), np.stack(dark), colour_stats(np.stack(images)), colour_stats(np.stack(dark)))
     assert direct["colour_transfer"] == pytest.approx(pooled["colour_transfer"]) == pytest.approx(1.0)
+
+
+def test_the_real_colour_shift_applied_to_images_gives_them_the_target_statistics():
+    from tisynth.generator.steering import apply_colour_shift, colour_stats
+
+    rng = np.random.default_rng(1)
+    source = rng.integers(60, 190, (4, 16, 16, 3)).astype(np.uint8)
+    target_stats = colour_stats(source) + np.array([-10.0, 5.0, 12.0, 0.0, 0.0, 0.0])
+    target_stats[3:] *= np.array([0.5, 1.0, 1.3])
+    moved = apply_colour_shift(source, colour_stats(source), target_stats)
+    np.testing.assert_allclose(colour_stats(moved), target_stats, atol=0.6)
+    np.testing.assert_array_equal(apply_colour_shift(source, colour_stats(source), colour_stats(source)), source)

@@ -29,6 +29,16 @@ one tile's spread.
 Only mode ``tisynth`` samples with Refs, so only it takes Ref moments (the mask-only control
 stays without them).
 
+``transform: covariance`` replaces the per-channel spreads by the channels' full covariance and
+the spread ratio by the linear optimal-transport map between two Gaussians (the "MK" linear
+colour transfer of Pitié & Kokaram, 2007, in latent space):
+
+    A = Σ_h^-½ (Σ_h^½ Σ_ref Σ_h^½)^½ Σ_h^-½,    z' = z + s · [(μ_ref − μ_home) + (A − I) · (z − z̄)]
+
+Latent channels are correlated (a brighter red goes with a brighter green), so a shift in one
+band's contrast is spread over several channels, and a per-channel ratio sees only part of it.
+With diagonal covariances the map is the per-channel ratio, so ``channel`` is its special case.
+
 Moments are computed over all pixels of a set of latents; the transform is applied once, to the
 denoised latent before decoding, so the denoising trajectory is the generator's own and nothing
 is trained. The settings are the block ``sample.ref_moments`` (:class:`MomentSettings`).
@@ -48,6 +58,7 @@ from tisynth.errors import TisynthError
 from tisynth.params import dataclass_from_mapping
 
 POOLS = ("set", "item")
+TRANSFORMS = ("channel", "covariance")
 
 
 class MomentError(TisynthError, ValueError):
@@ -66,7 +77,10 @@ class MomentSettings:
         tiles: at most this many tiles (drawn with ``seed``, by name) enter each set's moments.
         seed: the draw of those tiles.
         min_std: a floor on the home standard deviation (latent units), so a flat channel does
-            not blow up the spread ratio.
+            not blow up the spread ratio (with ``covariance``: on the square roots of the home
+            covariance's eigenvalues).
+        transform: ``channel`` (per-channel mean and spread) or ``covariance`` (means and the
+            full channel covariance, moved by the Gaussian optimal-transport map).
     """
 
     strength: float = 0.0
@@ -74,6 +88,7 @@ class MomentSettings:
     tiles: int = 256
     seed: int = 0
     min_std: float = 1e-3
+    transform: str = "channel"
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | MomentSettings | None) -> MomentSettings:
@@ -93,6 +108,8 @@ class MomentSettings:
             raise MomentError(f"sample.ref_moments.min_std must be > 0, got {cfg.min_std!r}")
         if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
             raise MomentError(f"sample.ref_moments.seed must be a non-negative integer, got {cfg.seed!r}")
+        if cfg.transform not in TRANSFORMS:
+            raise MomentError(f"sample.ref_moments.transform must be one of {TRANSFORMS}, got {cfg.transform!r}")
         return cfg
 
     @property
@@ -100,53 +117,113 @@ class MomentSettings:
         return self.strength > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as recorded in a run's fingerprint (``transform`` only when not the default
+        ``channel``, so runs made before the key existed keep their fingerprints)."""
+        out = asdict(self)
+        if out["transform"] == "channel":
+            del out["transform"]
+        return out
 
 
-def latent_moments(latents: torch.Tensor) -> torch.Tensor:
-    """``N×C×h×w`` latents -> a ``2C`` vector: per-channel mean, then standard deviation, over all
-    pixels of all images of the set."""
+def _check_transform(transform: str) -> None:
+    if transform not in TRANSFORMS:
+        raise MomentError(f"moment transform must be one of {TRANSFORMS}, got {transform!r}")
+
+
+def moment_size(channels: int, transform: str = "channel") -> int:
+    """How many numbers a moment vector of ``channels`` latent channels has: ``2C`` (means, standard
+    deviations) or ``C + C²`` (means, the covariance matrix row by row)."""
+    _check_transform(transform)
+    return 2 * channels if transform == "channel" else channels + channels * channels
+
+
+def latent_moments(latents: torch.Tensor, transform: str = "channel") -> torch.Tensor:
+    """``N×C×h×w`` latents -> one moment vector over all pixels of all images of the set: per-channel
+    means, then (``channel``) the per-channel standard deviations or (``covariance``) the ``C×C``
+    channel covariance, flattened."""
+    _check_transform(transform)
     if latents.ndim != 4 or latents.shape[0] < 1:
         raise MomentError(f"latent moments need N×C×h×w latents of at least one image, got shape {tuple(latents.shape)}")
     flat = latents.detach().float().transpose(0, 1).flatten(1)
-    return torch.cat([flat.mean(1), flat.std(1, unbiased=False)])
+    mean = flat.mean(1)
+    if transform == "channel":
+        return torch.cat([mean, flat.std(1, unbiased=False)])
+    centred = (flat - mean[:, None]).double()
+    cov = (centred @ centred.T) / flat.shape[1]
+    return torch.cat([mean, cov.float().flatten()])
 
 
-def item_moments(latents: torch.Tensor) -> torch.Tensor:
-    """``N×C×h×w`` -> ``N×2C``: each image's own moments."""
-    return torch.stack([latent_moments(latents[i : i + 1]) for i in range(latents.shape[0])])
+def item_moments(latents: torch.Tensor, transform: str = "channel") -> torch.Tensor:
+    """``N×C×h×w`` -> ``N×2C`` (or ``N×(C+C²)``): each image's own moments."""
+    return torch.stack([latent_moments(latents[i : i + 1], transform) for i in range(latents.shape[0])])
+
+
+def _sym_power(matrix: torch.Tensor, power: float, floor: float = 0.0) -> torch.Tensor:
+    """``matrix^power`` of a symmetric positive semi-definite matrix, eigenvalues floored at ``floor``."""
+    vals, vecs = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return (vecs * vals.clamp_min(floor).pow(power)) @ vecs.T
+
+
+def gaussian_transport(home_cov: torch.Tensor, target_cov: torch.Tensor, min_std: float = 1e-3) -> torch.Tensor:
+    """The linear map ``A`` that carries a centred Gaussian of covariance ``home_cov`` onto one of
+    ``target_cov`` with the least mean squared displacement (``A Σ_h A = Σ_t``, ``A`` symmetric);
+    the home eigenvalues are floored at ``min_std²``."""
+    h = home_cov.double()
+    t = target_cov.double()
+    h_half = _sym_power(h, 0.5, min_std**2)
+    h_inv_half = _sym_power(h, -0.5, min_std**2)
+    middle = _sym_power(h_half @ t @ h_half, 0.5)
+    return (h_inv_half @ middle @ h_inv_half).float()
 
 
 def moment_transfer(latents: torch.Tensor, home: torch.Tensor, target: torch.Tensor, strength: float = 1.0,
-                    min_std: float = 1e-3) -> torch.Tensor:
+                    min_std: float = 1e-3, transform: str = "channel") -> torch.Tensor:
     """Move ``latents`` (``B×C×h×w``) from the ``home`` moments to the ``target`` moments.
 
-    ``home`` is a ``2C`` vector; ``target`` is ``2C`` (one set for all) or ``B×2C`` (per image).
-    Each image's channel means move by ``μ_target − μ_home`` and its spread around its own mean
-    scales by ``σ_target / σ_home``; at ``strength`` 1 a set of flat-mean images whose moments are
-    ``home`` gets exactly the ``target`` moments.
+    ``home`` is one moment vector (:func:`latent_moments` of ``transform``); ``target`` is one
+    (for all images) or ``B`` of them (per image). Each image's channel means move by
+    ``μ_target − μ_home`` and its spread around its own mean is scaled by ``σ_target / σ_home``
+    (``channel``) or mapped by :func:`gaussian_transport` (``covariance``); at ``strength`` 1 a
+    set of flat-mean images whose moments are ``home`` gets exactly the ``target`` moments.
     """
     b, c = latents.shape[:2]
+    size = moment_size(c, transform)
     home = home.to(latents.device, torch.float32).reshape(-1)
-    if home.numel() != 2 * c:
-        raise MomentError(f"home moments have {home.numel()} numbers, the latents {c} channels (need {2 * c})")
+    if home.numel() != size:
+        raise MomentError(f"home moments have {home.numel()} numbers, the latents {c} channels "
+                          f"(need {size} for transform {transform!r})")
     target = target.to(latents.device, torch.float32)
     if target.ndim == 1:
         target = target[None].expand(b, -1)
-    if tuple(target.shape) != (b, 2 * c):
-        raise MomentError(f"Ref moments of shape {tuple(target.shape)} for {b} latents of {c} channels (need {b}×{2 * c})")
-    mu_h, sd_h = home[:c].view(1, c, 1, 1), home[c:].clamp_min(min_std).view(1, c, 1, 1)
-    mu_t, sd_t = target[:, :c].view(b, c, 1, 1), target[:, c:].view(b, c, 1, 1)
+    if tuple(target.shape) != (b, size):
+        raise MomentError(f"Ref moments of shape {tuple(target.shape)} for {b} latents of {c} channels "
+                          f"(need {b}×{size} for transform {transform!r})")
     z = latents.float()
     own = z.mean((2, 3), keepdim=True)
-    moved = z + (mu_t - mu_h) + (sd_t / sd_h - 1) * (z - own)
+    shift = (target[:, :c] - home[:c]).view(b, c, 1, 1)
+    if transform == "channel":
+        sd_h = home[c:].clamp_min(min_std).view(1, c, 1, 1)
+        sd_t = target[:, c:].view(b, c, 1, 1)
+        moved = z + shift + (sd_t / sd_h - 1) * (z - own)
+    else:
+        home_cov = home[c:].view(c, c)
+        maps: dict[bytes, torch.Tensor] = {}  # a set's rows share one map
+        spread = torch.empty_like(z)
+        for i in range(b):
+            key = target[i].cpu().numpy().tobytes()
+            if key not in maps:
+                maps[key] = gaussian_transport(home_cov.cpu(), target[i, c:].view(c, c).cpu(), min_std).to(z.device)
+            centred = z[i] - own[i]
+            spread[i] = torch.einsum("ij,jhw->ihw", maps[key], centred)
+        moved = own + shift + spread
     return (z + float(strength) * (moved - z)).to(latents.dtype)
 
 
 @torch.no_grad()
-def encode_moments(model: Any, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 16) -> torch.Tensor:
-    """The ``2C`` latent moments of a set of uint8 ``H×W×3`` images, through ``model``'s autoencoder."""
-    return latent_moments(_encode(model, images, batch_size))
+def encode_moments(model: Any, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 16,
+                   transform: str = "channel") -> torch.Tensor:
+    """The latent moments of a set of uint8 ``H×W×3`` images, through ``model``'s autoencoder."""
+    return latent_moments(_encode(model, images, batch_size), transform)
 
 
 def _encode(model: Any, images: np.ndarray | Sequence[np.ndarray], batch_size: int) -> torch.Tensor:
@@ -161,17 +238,18 @@ def _encode(model: Any, images: np.ndarray | Sequence[np.ndarray], batch_size: i
 
 
 @torch.no_grad()
-def encode_home_moments(model: Any, images: np.ndarray, pool: str, batch_size: int = 16) -> torch.Tensor:
+def encode_home_moments(model: Any, images: np.ndarray, pool: str, batch_size: int = 16,
+                        transform: str = "channel") -> torch.Tensor:
     """Home moments for a pool: over the whole set (``set``) or the mean of each image's own (``item``)."""
     if pool == "item":
-        return encode_item_moments(model, images, batch_size).mean(0)
-    return encode_moments(model, images, batch_size)
+        return encode_item_moments(model, images, batch_size, transform).mean(0)
+    return encode_moments(model, images, batch_size, transform)
 
 
 @torch.no_grad()
-def encode_item_moments(model: Any, images: np.ndarray, batch_size: int = 16) -> torch.Tensor:
-    """Each image's own ``2C`` moments (``N×2C``)."""
-    return item_moments(_encode(model, images, batch_size))
+def encode_item_moments(model: Any, images: np.ndarray, batch_size: int = 16, transform: str = "channel") -> torch.Tensor:
+    """Each image's own moments (``N×2C``, or ``N×(C+C²)`` for ``covariance``)."""
+    return item_moments(_encode(model, images, batch_size), transform)
 
 
 def draw_names(names: Sequence[str], k: int, seed: int) -> list[str]:
@@ -186,12 +264,14 @@ def draw_names(names: Sequence[str], k: int, seed: int) -> list[str]:
 @dataclass
 class MomentTransfer:
     """What :func:`tisynth.generator.sample.sample_images` applies to its denoised latents: the
-    ``home`` moments (``2C``), the Ref moments (``2C`` for all items or ``N×2C`` per item), the strength."""
+    ``home`` moments (one vector), the Ref moments (one vector for all items or one per item), the
+    strength and the transform (:func:`moment_transfer`)."""
 
     home: torch.Tensor
     targets: torch.Tensor
     strength: float = 1.0
     min_std: float = 1e-3
+    transform: str = "channel"
 
     def for_items(self, sl: slice, n: int) -> torch.Tensor:
         if self.targets.ndim == 1:
@@ -201,4 +281,4 @@ class MomentTransfer:
         return self.targets[sl]
 
     def apply(self, latents: torch.Tensor, sl: slice, n: int) -> torch.Tensor:
-        return moment_transfer(latents, self.home, self.for_items(sl, n), self.strength, self.min_std)
+        return moment_transfer(latents, self.home, self.for_items(sl, n), self.strength, self.min_std, self.transform)

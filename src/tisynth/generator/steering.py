@@ -7,7 +7,9 @@ of the source's scenes), and the report gives:
 * **Ref effect / seed effect**: the mean absolute pixel change (grey levels) when only the Ref
   switches from source to target, against the change when only the seed changes (same mask,
   same source Ref). Below about 0.1 the Ref does nothing visible; at 1 it moves an image as much
-  as a new seed does.
+  as a new seed does. Beside it, the same ratio for images moved by exactly the real per-band
+  colour shift (``ref_over_seed_at_real_shift``): the most a generator that carries the real
+  colour shift can show (on a shift smaller than the seed's change, well below 1).
 * **Colour transfer**: the real difference between the domains in per-band mean and standard
   deviation (target tiles minus source tiles, a 6-vector), and the share of it that the
   synthetic images cover when their Refs switch from source to target (the projection of the
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -137,6 +139,15 @@ def colour_transfer(syn_source: np.ndarray, syn_target: np.ndarray, real_source:
 def mean_abs_change(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference in grey levels between two image sets of one shape."""
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
+def apply_colour_shift(images: np.ndarray, source_stats: np.ndarray, target_stats: np.ndarray) -> np.ndarray:
+    """``images`` moved per band from the colour statistics ``source_stats`` to ``target_stats``
+    (:func:`colour_stats` 6-vectors): ``μ_t + σ_t/σ_s · (x − μ_s)``, rounded and clipped to uint8."""
+    src, tgt = colour_stats(source_stats), colour_stats(target_stats)
+    x = np.asarray(images, dtype=np.float64)
+    out = tgt[:3] + tgt[3:] / np.maximum(src[3:], 1e-9) * (x - src[:3])
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------- choosing the images
@@ -273,20 +284,20 @@ def moment_transfers(model: Any, inputs: SteeringInputs, settings: Mapping[str, 
     mcfg = MomentSettings.from_params(settings)
     if not mcfg.enabled:
         return None, None
-    home = encode_home_moments(model, inputs.real_source, mcfg.pool)
+    home = encode_home_moments(model, inputs.real_source, mcfg.pool, transform=mcfg.transform)
 
     def side(refs: np.ndarray, ref_set: np.ndarray | None) -> Any:
         if mcfg.pool == "item":
-            targets = encode_item_moments(model, refs)
+            targets = encode_item_moments(model, refs, transform=mcfg.transform)
         elif ref_set is not None and len(ref_set):
-            targets = encode_moments(model, ref_set[: mcfg.tiles])
+            targets = encode_moments(model, ref_set[: mcfg.tiles], transform=mcfg.transform)
         else:
             distinct = np.unique(refs.reshape(len(refs), -1), axis=0).reshape(-1, *refs.shape[1:])
             if len(distinct) > mcfg.tiles:
                 keep = np.random.default_rng(mcfg.seed).choice(len(distinct), size=mcfg.tiles, replace=False)
                 distinct = distinct[np.sort(keep)]
-            targets = encode_moments(model, distinct)
-        return MomentTransfer(home, targets, mcfg.strength, mcfg.min_std)
+            targets = encode_moments(model, distinct, transform=mcfg.transform)
+        return MomentTransfer(home, targets, mcfg.strength, mcfg.min_std, mcfg.transform)
 
     return side(inputs.source_refs, inputs.source_ref_set), side(inputs.target_refs, inputs.target_ref_set)
 
@@ -309,7 +320,7 @@ def ref_steering(model: Any, inputs: SteeringInputs, cfg: SteeringSettings, samp
     syn_src = sample_images(model, inputs.masks, inputs.source_refs, inputs.prompts, seeds, scfg, moments=move_src)
     syn_tgt = sample_images(model, inputs.masks, inputs.target_refs, inputs.prompts, seeds, scfg, moments=move_tgt)
     if move_src is not None and move_src.targets.ndim == 2:
-        move_src = type(move_src)(move_src.home, move_src.targets[:m], move_src.strength, move_src.min_std)
+        move_src = replace(move_src, targets=move_src.targets[:m])
     syn_seed = sample_images(model, inputs.masks[:m], inputs.source_refs[:m], inputs.prompts[:m],
                              [s + 100_000 for s in seeds[:m]], scfg, moments=move_src) if m else syn_src[:0]
     metrics: dict[str, float] = {"masks": float(n), "seed_items": float(m),
@@ -322,6 +333,12 @@ def ref_steering(model: Any, inputs: SteeringInputs, cfg: SteeringSettings, samp
     real_colour = ((inputs.colour_source, inputs.colour_target) if inputs.colour_source is not None
                    and inputs.colour_target is not None else (inputs.real_source, inputs.real_target))
     metrics.update(colour_transfer(syn_src, syn_tgt, *real_colour))
+    if m:
+        # the Ref effect of a generator whose target-Ref images differ from its source-Ref images by
+        # exactly the real per-band colour shift: the most a colour transfer can show against the seed
+        ideal = apply_colour_shift(syn_src[:m], colour_stats(real_colour[0]), colour_stats(real_colour[1]))
+        metrics["ref_effect_at_real_shift"] = mean_abs_change(syn_src[:m], ideal)
+        metrics["ref_over_seed_at_real_shift"] = metrics["ref_effect_at_real_shift"] / max(metrics["seed_effect"], 1e-9)
     small = min(n, len(inputs.real_source), len(inputs.real_target))
     if cfg.kid and small < 2:
         log.info("ref_steering: KID skipped (a set of %d image(s); it needs two)", small)

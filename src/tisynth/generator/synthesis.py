@@ -129,7 +129,8 @@ def plan_moments(model: Any, plan: pd.DataFrame, tilesets: Mapping[str, TileSet]
         log.info("Ref moments: %s moments over %d %s tiles", key, len(names), domain)
         sources[key] = settings_digest([file_digest(tileset.path(n)) for n in names])
         images = np.stack([tileset.read_image(n) for n in names])
-        vectors[key] = encode_home_moments(model, images, cfg.pool) if key == "home" else encode_moments(model, images)
+        vectors[key] = (encode_home_moments(model, images, cfg.pool, transform=cfg.transform) if key == "home"
+                        else encode_moments(model, images, transform=cfg.transform))
     return vectors, sources
 
 
@@ -191,8 +192,8 @@ def write_synthetic_images(
             transfer = None
             if mcfg.enabled:
                 targets = (torch.stack([vectors[f"ref:{d}"] for d in rows["ref_domain"]]) if mcfg.pool == "set"
-                           else encode_item_moments(model, refs))
-                transfer = MomentTransfer(vectors["home"], targets, mcfg.strength, mcfg.min_std)
+                           else encode_item_moments(model, refs, transform=mcfg.transform))
+                transfer = MomentTransfer(vectors["home"], targets, mcfg.strength, mcfg.min_std, mcfg.transform)
             images = sample_images(model, masks, refs, list(rows["prompt"]), [int(s) for s in rows["seed"]], settings.sample,
                                    moments=transfer)
             for name, img in zip(rows["name"], images):

@@ -55,9 +55,11 @@ def report_ref_steering(
         return pd.DataFrame(), {}, fig
     inputs = steering.choose_inputs(tiles, tile_manifest, target_tiles, target_manifest, cfg)
     metrics, images = steering.ref_steering(generator, inputs, cfg, sample.get("sampler"), moments=sample.get("ref_moments"))
-    log.info("Ref steering (%d masks, Refs %s vs %s): Ref effect %.2f grey levels = %.2f x the seed effect; colour "
-             "transfer %.0f %%; KID target-Ref images vs real target %s (source-Ref images %s)", len(inputs.names),
+    log.info("Ref steering (%d masks, Refs %s vs %s): Ref effect %.2f grey levels = %.2f x the seed effect (the real "
+             "colour shift would give %.2f x); colour transfer %.0f %%; KID target-Ref images vs real target %s "
+             "(source-Ref images %s)", len(inputs.names),
              inputs.source_label, inputs.target_label, metrics["ref_effect"], metrics.get("ref_over_seed", float("nan")),
+             metrics.get("ref_over_seed_at_real_shift", float("nan")),
              100 * metrics["colour_transfer"], f"{metrics.get('kid_target_refs_vs_real_target', float('nan')):.4f}",
              f"{metrics.get('kid_source_refs_vs_real_target', float('nan')):.4f}")
     table = steering.metrics_table(metrics, f"{inputs.source_label} vs {inputs.target_label}")
