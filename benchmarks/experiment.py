@@ -15,7 +15,7 @@ content is the real tile, so no pixel is filtered out). By default (``--restyle-
 they take exactly the plan rows whose TISynth image (b)'s filter kept: the same masks, Refs and
 number of pairs as (b), mixed as (b), so only the way the image is made differs (the filter must
 have run: the synthesize phase); ``--restyle-pairs all`` takes every plan row instead, as many
-pairs as (d). Seeds are paired: variant (x) and (a) of one seed share the seed, the model's
+pairs as (d). (g) ``tisynth_fda``: + (b)'s pairs and (e)'s together. Seeds are paired: variant (x) and (a) of one seed share the seed, the model's
 initialisation and the crop stream's seed; the report gives each gain over (a) per seed, its
 mean, and the 95 % paired-t interval of that mean over seeds.
 
@@ -69,8 +69,13 @@ VARIANTS = {
     "tisynth_unfiltered": "(d) + TISynth, unfiltered",
     "fda": "(e) + source tiles restyled by FDA, the rows (b)'s filter kept",
     "histmatch": "(f) + source tiles histogram-matched, the rows (b)'s filter kept",
+    "tisynth_fda": "(g) + TISynth, filtered, and the FDA-restyled tiles of (e) beside it",
 }
 RESTYLED = ("fda", "histmatch")
+COMBINED = {"tisynth_fda": ("tisynth", "fda")}
+"""Variants whose extra pairs are the union of two others' (both made as those are)."""
+HEAD_TO_HEAD = ("maskonly", "fda", "histmatch", "tisynth_fda")
+"""What (b) is compared with directly: (b) − (x) per seed, its mean and 95 % paired interval."""
 """Variants made without a generator (:mod:`tisynth.restyle`): from the synthesis plan's rows, by
 default the rows (b)'s filter kept (``--restyle-pairs``, :data:`RESTYLE_PAIRS`)."""
 RESTYLE_PAIRS = ("kept", "all")
@@ -315,11 +320,39 @@ def gains_table(results: pd.DataFrame, baseline: str = "real") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def needed_variants(variants: list[str]) -> list[str]:
+    """``variants`` and the variants their pairs are made of (:data:`COMBINED`), in order, once each."""
+    return list(dict.fromkeys(v for name in variants for v in (name, *COMBINED.get(name, ()))))
+
+
+def add_combined(synthetic_sets: dict[str, list[Any]], variants: list[str]) -> None:
+    """Add each requested combined variant's pairs (its parts' pairs together) once its parts are there."""
+    for name, parts in COMBINED.items():
+        if name in variants and all(p in synthetic_sets for p in parts):
+            synthetic_sets[name] = [pair for p in parts for pair in synthetic_sets[p]]
+
+
+def head_to_head(results: pd.DataFrame, first: str = "tisynth", others: tuple[str, ...] = HEAD_TO_HEAD) -> pd.DataFrame:
+    """Per eval set and main metric: ``first`` − each of ``others`` on the seeds both have (mean,
+    std, 95 % paired-t interval, per-seed values); the rows of :func:`gains_table` with ``others``
+    as the baseline."""
+    cols = ["eval_set", "metric", "variant", "baseline", "paired_seeds", "gain", "gain_std", "ci_low", "ci_high",
+            "per_seed"]
+    rows = []
+    present = set(results["variant"])
+    for other in [o for o in others if o in present and first in present]:
+        table = gains_table(results[results["variant"].isin({first, other})], baseline=other)
+        for _, r in table[(table["variant"] == first) & table.get("gain", pd.Series(dtype=float)).notna()].iterrows():
+            rows.append({**{c: r.get(c) for c in cols}, "baseline": other})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def _pct(x: float) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{100 * x:.2f}"
 
 
-def summary_markdown(results: pd.DataFrame, gains: pd.DataFrame, extras: list[str]) -> str:
+def summary_markdown(results: pd.DataFrame, gains: pd.DataFrame, extras: list[str],
+                     duels: pd.DataFrame | None = None) -> str:
     lines = ["# Results", ""]
     for eval_set in gains["eval_set"].unique():
         part = gains[gains["eval_set"] == eval_set]
@@ -351,6 +384,13 @@ def summary_markdown(results: pd.DataFrame, gains: pd.DataFrame, extras: list[st
             lines += ["", "Per-class IoU (mean over seeds):", "", "| class | " + " | ".join(pc.columns) + " |",
                       "|---" * (len(pc.columns) + 1) + "|"]
             lines += [f"| {cls} | " + " | ".join(f"{v:.2f}" for v in r.values) + " |" for cls, r in pc.iterrows()]
+        duel = duels[(duels["eval_set"] == eval_set) & (duels["metric"] == "mIoU")] if duels is not None and len(duels) else None
+        if duel is not None and len(duel):
+            lines += ["", "(b) against the others, mIoU (per seed, paired):", "",
+                      "| comparison | seeds | difference [95 % paired interval] | per seed |", "|---|---|---|---|"]
+            for _, r in duel.iterrows():
+                lines.append(f"| (b) − {VARIANTS[r['baseline']].split(' ', 1)[0]} {r['baseline']} | {int(r['paired_seeds'])} | "
+                             f"{100 * r['gain']:+.2f} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] | {r['per_seed']} |")
         lines.append("")
     return "\n".join(lines + extras)
 
@@ -444,8 +484,9 @@ def main() -> int:
     timings_file = out / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
 
-    generative = [v for v in args.variants if v not in ("real", *RESTYLED)]
-    restyled = set(args.variants) & set(RESTYLED)
+    needed = needed_variants(args.variants)
+    generative = [v for v in needed if v not in ("real", *RESTYLED, *COMBINED)]
+    restyled = set(needed) & set(RESTYLED)
     # real needs the tiles only, restyling every plan row the plan, restyling the kept rows the filter
     if "synthesize" in args.phases:
         if generative or (restyled and args.restyle_pairs == "kept"):
@@ -484,7 +525,7 @@ def main() -> int:
             synthetic_sets["maskonly"] = synthetic_pairs_from_manifest(
                 kept, TileSet(mask_only_folder / "synthetic"), TileSet(mask_only_folder / "filtered"))
             generators["maskonly"] = (TileSet(mask_only_folder / "synthetic"), kept)
-        for method in [v for v in args.variants if v in RESTYLED]:
+        for method in [v for v in needed if v in RESTYLED]:
             folder = restyled_folder(workspace, method, args.fda_beta)
             if "restyle" in args.phases or folder.is_dir():
                 t0 = time.time()
@@ -493,6 +534,7 @@ def main() -> int:
                 generators[method] = (TileSet(folder), made)
                 if "restyle" in args.phases:
                     timings[f"restyle {method}"] = timings.get(f"restyle {method}", 0.0) + time.time() - t0
+        add_combined(synthetic_sets, args.variants)
         k = registry.num_classes
         train = pairs_from_manifest(manifest, tiles, "train")
         val = pairs_from_manifest(manifest, tiles, "val")
@@ -557,7 +599,9 @@ def main() -> int:
     results.to_csv(out / "results_long.csv", index=False)
     gains = gains_table(results)
     gains.to_csv(out / "gains.csv", index=False)
-    text = summary_markdown(results, gains, extras)
+    duels = head_to_head(results)
+    duels.to_csv(out / "head_to_head.csv", index=False)
+    text = summary_markdown(results, gains, extras, duels)
     (out / "summary.md").write_text(text)
     plot_gains(gains, out / "gains_miou.png")
     print(text)
