@@ -276,7 +276,18 @@ def test_a_synthesis_run_with_ref_moments_records_them_resumes_and_is_stale_when
     recorded = json.dumps(manifest)
     assert "ref_moments" in recorded and "home" in recorded and "target" in recorded
     first = _pixels(folder)
-    assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == 0  # resumes: nothing to do
+    assert (folder / synthesis.MOMENT_CACHE).is_file()
+    from tisynth.generator import moments as moments_module
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the Ref moments were encoded again")
+
+    with pytest.MonkeyPatch.context() as mp:  # a resumed run reads its moments, it does not encode them
+        for name in ("encode_moments", "encode_home_moments", "encode_item_moments"):
+            mp.setattr(moments_module, name, no_encoding)
+        assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == 0  # resumes: nothing to do
+    (folder / synthesis.MOMENT_CACHE).write_bytes(b"not a safetensors file")  # a broken cache is encoded again
+    assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == 0
     # sharded runs take the moments over the whole plan: the same images (up to a CPU's rounding)
     for k in (0, 1):
         shard = synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0}, shard_index=k, shard_count=2)

@@ -40,12 +40,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tisynth.io import DataError, TileSet, write_image
+from tisynth.io import DataError, TileSet, atomic_path, write_image
 from tisynth.runs import MANIFEST, ItemRecords, RunFolder, file_digest, settings_digest, weights_digest
 
 log = logging.getLogger(__name__)
 
 LEGACY_FINGERPRINT = "fingerprint.json"  # the manifest name before run.json
+MOMENT_CACHE = "ref_moments.safetensors"  # the Ref-moment vectors of the run (a cache: read when its key matches)
 
 
 @dataclass(frozen=True)
@@ -108,13 +109,17 @@ def run_fingerprint(version: str, sample: Mapping[str, Any], image_format: str,
 
 
 def plan_moments(model: Any, plan: pd.DataFrame, tilesets: Mapping[str, TileSet],
-                 cfg: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+                 cfg: Any, cache: Path | None = None, version: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The latent moments a run with Ref moments needs, taken over the **whole** plan (so every shard agrees):
     ``home`` over the images of the plan's masks (the labelled source tiles) and, with ``pool: set``, one vector
     per Ref domain over the plan's distinct Refs of that domain; each set is at most ``cfg.tiles`` tiles drawn
     with ``cfg.seed``. Returns the vectors and, per vector, a digest of the bytes of the tiles it was taken
     over (for the run's fingerprint: float noise does not resample, but a rewritten tile of a set, or a plan
-    that draws other tiles, makes the whole folder stale: its images are moved aside and sampled again)."""
+    that draws other tiles, makes the whole folder stale: its images are moved aside and sampled again).
+
+    ``cache``: a file (safetensors) that keeps the vectors under a key of the generator ``version``, the
+    settings and the sets' digests; a rerun with the same key reads them instead of encoding every set
+    again (a run that resumes with nothing left to sample starts in seconds)."""
     from tisynth.generator.moments import draw_names, encode_home_moments, encode_moments
 
     if "image_of_mask" not in plan.columns:
@@ -123,15 +128,43 @@ def plan_moments(model: Any, plan: pd.DataFrame, tilesets: Mapping[str, TileSet]
     if cfg.pool == "set":
         for domain, rows in plan.groupby("ref_domain", sort=True):
             sets[f"ref:{domain}"] = (str(domain), draw_names(rows["ref"].astype(str), cfg.tiles, cfg.seed))
-    vectors, sources = {}, {}
+    sources = {key: settings_digest([file_digest(_tileset(tilesets, domain).path(n)) for n in names])
+               for key, (domain, names) in sets.items()}
+    cache_key = settings_digest({"version": version, "settings": cfg.to_dict(), "sets": sources})
+    known = _read_moment_cache(cache, cache_key, set(sets)) if cache is not None else None
+    if known is not None:
+        log.info("Ref moments: %s read from %s", ", ".join(sorted(known)), cache)
+        return known, sources
+    vectors = {}
     for key, (domain, names) in sets.items():
         tileset = _tileset(tilesets, domain)
         log.info("Ref moments: %s moments over %d %s tiles", key, len(names), domain)
-        sources[key] = settings_digest([file_digest(tileset.path(n)) for n in names])
         images = np.stack([tileset.read_image(n) for n in names])
         vectors[key] = (encode_home_moments(model, images, cfg.pool, transform=cfg.transform) if key == "home"
                         else encode_moments(model, images, transform=cfg.transform))
+    if cache is not None:
+        from safetensors.torch import save_file
+
+        with atomic_path(cache) as tmp:
+            save_file({k: v.contiguous() for k, v in vectors.items()}, str(tmp), metadata={"key": cache_key})
     return vectors, sources
+
+
+def _read_moment_cache(path: Path, key: str, names: set[str]) -> dict[str, torch.Tensor] | None:
+    """The vectors of a moment cache written under ``key`` with exactly ``names``; ``None`` when absent,
+    written for other inputs, or unreadable (then the moments are encoded again and the file replaced)."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("key") != key or set(f.keys()) != names:
+                return None
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # a truncated or foreign file is only a cache: encode again
+        log.warning("Ref moments: %s unreadable (%s); encoding the sets again", path, err)
+        return None
 
 
 def run_generator_version(folder: Path) -> str | None:
@@ -165,7 +198,8 @@ def write_synthetic_images(
 
     folder = Path(folder)
     mcfg = MomentSettings.from_params(settings.ref_moments)
-    vectors, sets = plan_moments(model, plan, tilesets, mcfg) if mcfg.enabled and len(plan) else ({}, {})
+    vectors, sets = (plan_moments(model, plan, tilesets, mcfg, folder / MOMENT_CACHE, version)
+                     if mcfg.enabled and len(plan) else ({}, {}))
     recorded = {**mcfg.to_dict(), "sets": sets} if mcfg.enabled else None
     RunFolder.open(folder, run_fingerprint(version, settings.sample, settings.image_format, recorded),
                    entries=["images", ItemRecords.DIR], legacy_manifest=LEGACY_FINGERPRINT)
