@@ -72,12 +72,14 @@ VARIANTS = {
     "tisynth_fda": "(g) + TISynth, filtered, and the FDA-restyled tiles of (e) beside it",
 }
 RESTYLED = ("fda", "histmatch")
-COMBINED = {"tisynth_fda": ("tisynth", "fda")}
-"""Variants whose extra pairs are the union of two others' (both made as those are)."""
-HEAD_TO_HEAD = ("maskonly", "fda", "histmatch", "tisynth_fda")
-"""What (b) is compared with directly: (b) − (x) per seed, its mean and 95 % paired interval."""
 """Variants made without a generator (:mod:`tisynth.restyle`): from the synthesis plan's rows, by
 default the rows (b)'s filter kept (``--restyle-pairs``, :data:`RESTYLE_PAIRS`)."""
+COMBINED = {"tisynth_fda": ("tisynth", "fda")}
+"""Variants whose extra pairs are the union of two others' (each made as it is on its own). With
+``segment.mix.real_fraction: null`` (uniform over real + synthetic) a union of two sets also
+lowers the real share of each batch: (g) − (b) is "FDA pairs added", fewer real crops included."""
+HEAD_TO_HEAD = ("maskonly", "fda", "histmatch", "tisynth_fda")
+"""What (b) is compared with directly: (b) − (x) per seed, its mean and 95 % paired interval."""
 RESTYLE_PAIRS = ("kept", "all")
 """Which plan rows the restyled variants use: ``kept``, the rows whose TISynth image the filter
 kept (as many pairs as (b)); ``all``, every plan row (as many as (d))."""
@@ -326,10 +328,16 @@ def needed_variants(variants: list[str]) -> list[str]:
 
 
 def add_combined(synthetic_sets: dict[str, list[Any]], variants: list[str]) -> None:
-    """Add each requested combined variant's pairs (its parts' pairs together) once its parts are there."""
+    """Add each requested combined variant's pairs (its parts' pairs together) once its parts are there
+    (a part not made yet is logged and the variant left out, as a missing restyled set is)."""
     for name, parts in COMBINED.items():
-        if name in variants and all(p in synthetic_sets for p in parts):
-            synthetic_sets[name] = [pair for p in parts for pair in synthetic_sets[p]]
+        if name not in variants:
+            continue
+        missing = [p for p in parts if p not in synthetic_sets]
+        if missing:
+            log.warning("%s: %s not made yet (run the phase that makes it); %s left out", name, ", ".join(missing), name)
+            continue
+        synthetic_sets[name] = [pair for p in parts for pair in synthetic_sets[p]]
 
 
 def head_to_head(results: pd.DataFrame, first: str = "tisynth", others: tuple[str, ...] = HEAD_TO_HEAD) -> pd.DataFrame:

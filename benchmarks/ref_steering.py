@@ -29,7 +29,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-COLUMNS = ["label", "ref_over_seed", "ref_effect_same_items", "seed_effect", "colour_transfer",
+COLUMNS = ["label", "moments_transform", "ref_over_seed", "ref_over_seed_at_real_shift", "ref_effect_same_items",
+           "seed_effect", "colour_transfer",
            "kid_target_refs_vs_real_target", "kid_source_refs_vs_real_target", "kid_ratio_target",
            "kid_target_refs_vs_real_source", "kid_source_refs_vs_real_source", "kid_real_source_vs_real_target"]
 
@@ -76,7 +77,8 @@ def main() -> int:
     ws = args.workspace.resolve()
     out = (args.out or ws / "results").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    label = args.label or ws.name
+    label = args.label or (ws.name + (f", Ref moments {args.moments:g} ({args.moments_pool}, {args.moments_transform})"
+                                      if args.moments > 0 else ""))
     model = TISynthGenerator.from_pretrained(ws / args.model).eval()
     manifest = pd.read_parquet(_latest(ws / "data/03_primary/tile_manifest.parquet"))
     tiles = TileSet(ws / "data/02_intermediate/tiles")

@@ -288,6 +288,9 @@ def test_a_synthesis_run_with_ref_moments_records_them_resumes_and_is_stale_when
         assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == 0  # resumes: nothing to do
     (folder / synthesis.MOMENT_CACHE).write_bytes(b"not a safetensors file")  # a broken cache is encoded again
     assert synthesis.write_synthetic_images(folder, small, plan, sets, on, "v1") == 0
+    from safetensors.torch import load_file
+
+    assert set(load_file(folder / synthesis.MOMENT_CACHE)) == {"home", "ref:target"}  # and written anew
     # sharded runs take the moments over the whole plan: the same images (up to a CPU's rounding)
     for k in (0, 1):
         shard = synthesis.SynthesisSettings(**base, ref_moments={"strength": 1.0}, shard_index=k, shard_count=2)
@@ -302,6 +305,44 @@ def test_a_synthesis_run_with_ref_moments_records_them_resumes_and_is_stale_when
     assert any(np.abs(plain[n].astype(int) - first[n].astype(int)).mean() > 1 for n in first)
     kept = list((folder / "superseded").rglob("*.png"))
     assert len(kept) == len(plan)
+
+
+def test_the_moment_cache_gives_what_encoding_gives_and_never_stale_vectors(tmp_path, model, plan_tiles):
+    sets, plan = plan_tiles
+    small = _synthesis_setup(model)[0]
+    cfg = MomentSettings.from_params({"strength": 1.0})
+    cache = tmp_path / "moments.safetensors"
+    fresh, _ = synthesis.plan_moments(small, plan, sets, cfg)
+    cached, _ = synthesis.plan_moments(small, plan, sets, cfg, cache, "v1")
+    again, _ = synthesis.plan_moments(small, plan, sets, cfg, cache, "v1")
+    for key in fresh:
+        torch.testing.assert_close(cached[key], fresh[key])
+        torch.testing.assert_close(again[key], fresh[key])
+    # another strength reads the same vectors; another transform, generator or set does not
+    stronger = MomentSettings.from_params({"strength": 0.5})
+    torch.testing.assert_close(synthesis.plan_moments(small, plan, sets, stronger, cache, "v1")[0]["home"], fresh["home"])
+    cov = MomentSettings.from_params({"strength": 1.0, "transform": "covariance"})
+    c = small.latent_channels
+    assert synthesis.plan_moments(small, plan, sets, cov, cache, "v1")[0]["home"].numel() == c + c * c
+    # the cache is what a rerun reads (a tampered file under the right key is taken as it is) and its
+    # key holds the generator version: another version encodes again
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    synthesis.plan_moments(small, plan, sets, cfg, cache, "v1")
+    with safe_open(str(cache), framework="pt") as f:
+        key = f.metadata()["key"]
+    save_file({k: v + 100.0 for k, v in fresh.items()}, str(cache), metadata={"key": key})
+    torch.testing.assert_close(synthesis.plan_moments(small, plan, sets, cfg, cache, "v1")[0]["home"], fresh["home"] + 100)
+    torch.testing.assert_close(synthesis.plan_moments(small, plan, sets, cfg, cache, "v2")[0]["home"], fresh["home"])
+    synthesis.plan_moments(small, plan, sets, cfg, cache, "v1")  # v1's vectors in the cache again
+    ref = sorted(set(plan["ref"]))[0]
+    write_image(sets["target"].path(ref), np.full((32, 32, 3), 250, np.uint8))
+    after, _ = synthesis.plan_moments(small, plan, sets, cfg, cache, "v1")
+    torch.testing.assert_close(after["ref:target"], synthesis.plan_moments(small, plan, sets, cfg)[0]["ref:target"])
+    assert not torch.allclose(after["ref:target"], fresh["ref:target"])
+    with pytest.raises(ValueError, match="needs the generator version"):
+        synthesis.plan_moments(small, plan, sets, cfg, cache, "")
 
 
 def _synthesis_setup(model):

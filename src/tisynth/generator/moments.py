@@ -35,8 +35,9 @@ colour transfer of Pitié & Kokaram, 2007, in latent space):
 
     A = Σ_h^-½ (Σ_h^½ Σ_ref Σ_h^½)^½ Σ_h^-½,    z' = z + s · [(μ_ref − μ_home) + (A − I) · (z − z̄)]
 
-Latent channels are correlated (a brighter red goes with a brighter green), so a shift in one
-band's contrast is spread over several channels, and a per-channel ratio sees only part of it.
+Latent channels are correlated (they are not colour bands: a band's contrast is spread over
+several of them), so a change in one band's contrast moves their joint covariance, of which a
+per-channel ratio sees only the diagonal.
 With diagonal covariances the map is the per-channel ratio, so ``channel`` is its special case.
 
 Moments are computed over all pixels of a set of latents; the transform is applied once, to the

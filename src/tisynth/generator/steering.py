@@ -7,9 +7,9 @@ of the source's scenes), and the report gives:
 * **Ref effect / seed effect**: the mean absolute pixel change (grey levels) when only the Ref
   switches from source to target, against the change when only the seed changes (same mask,
   same source Ref). Below about 0.1 the Ref does nothing visible; at 1 it moves an image as much
-  as a new seed does. Beside it, the same ratio for images moved by exactly the real per-band
-  colour shift (``ref_over_seed_at_real_shift``): the most a generator that carries the real
-  colour shift can show (on a shift smaller than the seed's change, well below 1).
+  as a new seed does. Beside it, the same ratio for the source-Ref images moved by exactly the
+  real per-band shift in mean and spread (``ref_over_seed_at_real_shift``): what a colour
+  transfer of 100 % would show as Ref / seed on this pair of domains.
 * **Colour transfer**: the real difference between the domains in per-band mean and standard
   deviation (target tiles minus source tiles, a 6-vector), and the share of it that the
   synthetic images cover when their Refs switch from source to target (the projection of the
@@ -142,11 +142,14 @@ def mean_abs_change(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def apply_colour_shift(images: np.ndarray, source_stats: np.ndarray, target_stats: np.ndarray) -> np.ndarray:
-    """``images`` moved per band from the colour statistics ``source_stats`` to ``target_stats``
-    (:func:`colour_stats` 6-vectors): ``μ_t + σ_t/σ_s · (x − μ_s)``, rounded and clipped to uint8."""
+    """``images`` moved by the per-band shift from the colour statistics ``source_stats`` to
+    ``target_stats`` (:func:`colour_stats` 6-vectors): their set mean moves by ``μ_t − μ_s`` and
+    their spread around it scales by ``σ_t/σ_s`` (``x + (μ_t − μ_s) + (σ_t/σ_s − 1)(x − x̄)``, with
+    ``x̄`` the images' own per-band mean), rounded and clipped to uint8."""
     src, tgt = colour_stats(source_stats), colour_stats(target_stats)
     x = np.asarray(images, dtype=np.float64)
-    out = tgt[:3] + tgt[3:] / np.maximum(src[3:], 1e-9) * (x - src[:3])
+    own = x.reshape(-1, 3).mean(0)
+    out = x + (tgt[:3] - src[:3]) + (tgt[3:] / np.maximum(src[3:], 1e-9) - 1) * (x - own)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -334,8 +337,8 @@ def ref_steering(model: Any, inputs: SteeringInputs, cfg: SteeringSettings, samp
                    and inputs.colour_target is not None else (inputs.real_source, inputs.real_target))
     metrics.update(colour_transfer(syn_src, syn_tgt, *real_colour))
     if m:
-        # the Ref effect of a generator whose target-Ref images differ from its source-Ref images by
-        # exactly the real per-band colour shift: the most a colour transfer can show against the seed
+        # the change an exact per-band shift of the real domains would make to the source-Ref images,
+        # against the seed: what a colour transfer of 100 % shows as Ref / seed on this pair of domains
         ideal = apply_colour_shift(syn_src[:m], colour_stats(real_colour[0]), colour_stats(real_colour[1]))
         metrics["ref_effect_at_real_shift"] = mean_abs_change(syn_src[:m], ideal)
         metrics["ref_over_seed_at_real_shift"] = metrics["ref_effect_at_real_shift"] / max(metrics["seed_effect"], 1e-9)

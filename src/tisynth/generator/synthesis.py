@@ -117,8 +117,8 @@ def plan_moments(model: Any, plan: pd.DataFrame, tilesets: Mapping[str, TileSet]
     over (for the run's fingerprint: float noise does not resample, but a rewritten tile of a set, or a plan
     that draws other tiles, makes the whole folder stale: its images are moved aside and sampled again).
 
-    ``cache``: a file (safetensors) that keeps the vectors under a key of the generator ``version``, the
-    settings and the sets' digests; a rerun with the same key reads them instead of encoding every set
+    ``cache``: a file (safetensors) that keeps the vectors under a key of the generator ``version`` (required
+    with it), the pool, the transform and the sets' digests (the strength does not change the vectors); a rerun with the same key reads them instead of encoding every set
     again (a run that resumes with nothing left to sample starts in seconds)."""
     from tisynth.generator.moments import draw_names, encode_home_moments, encode_moments
 
@@ -130,7 +130,10 @@ def plan_moments(model: Any, plan: pd.DataFrame, tilesets: Mapping[str, TileSet]
             sets[f"ref:{domain}"] = (str(domain), draw_names(rows["ref"].astype(str), cfg.tiles, cfg.seed))
     sources = {key: settings_digest([file_digest(_tileset(tilesets, domain).path(n)) for n in names])
                for key, (domain, names) in sets.items()}
-    cache_key = settings_digest({"version": version, "settings": cfg.to_dict(), "sets": sources})
+    if cache is not None and not version:
+        raise ValueError("plan_moments: a moment cache needs the generator version (its vectors belong to one autoencoder)")
+    # what the vectors depend on: the autoencoder (in the version), the sets' bytes, how they are pooled
+    cache_key = settings_digest({"version": version, "pool": cfg.pool, "transform": cfg.transform, "sets": sources})
     known = _read_moment_cache(cache, cache_key, set(sets)) if cache is not None else None
     if known is not None:
         log.info("Ref moments: %s read from %s", ", ".join(sorted(known)), cache)
