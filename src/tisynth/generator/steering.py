@@ -335,11 +335,12 @@ def ref_steering(model: Any, inputs: SteeringInputs, cfg: SteeringSettings, samp
         metrics["ref_over_seed"] = metrics["ref_effect_same_items"] / max(metrics["seed_effect"], 1e-9)
     real_colour = ((inputs.colour_source, inputs.colour_target) if inputs.colour_source is not None
                    and inputs.colour_target is not None else (inputs.real_source, inputs.real_target))
+    real_colour = tuple(colour_stats(x) for x in real_colour)  # once: the transfer and the real-shift reference
     metrics.update(colour_transfer(syn_src, syn_tgt, *real_colour))
     if m:
         # the change an exact per-band shift of the real domains would make to the source-Ref images,
         # against the seed: what a colour transfer of 100 % shows as Ref / seed on this pair of domains
-        ideal = apply_colour_shift(syn_src[:m], colour_stats(real_colour[0]), colour_stats(real_colour[1]))
+        ideal = apply_colour_shift(syn_src[:m], *real_colour)
         metrics["ref_effect_at_real_shift"] = mean_abs_change(syn_src[:m], ideal)
         metrics["ref_over_seed_at_real_shift"] = metrics["ref_effect_at_real_shift"] / max(metrics["seed_effect"], 1e-9)
     small = min(n, len(inputs.real_source), len(inputs.real_target))

@@ -128,8 +128,10 @@ def plan_moments(model: Any, plan: pd.DataFrame, tilesets: Mapping[str, TileSet]
     if cfg.pool == "set":
         for domain, rows in plan.groupby("ref_domain", sort=True):
             sets[f"ref:{domain}"] = (str(domain), draw_names(rows["ref"].astype(str), cfg.tiles, cfg.seed))
-    sources = {key: settings_digest([file_digest(_tileset(tilesets, domain).path(n)) for n in names])
-               for key, (domain, names) in sets.items()}
+    sources = {}
+    for key, (domain, names) in sets.items():
+        tileset = _tileset(tilesets, domain)
+        sources[key] = settings_digest([file_digest(tileset.path(n)) for n in names])
     if cache is not None and not version:
         raise ValueError("plan_moments: a moment cache needs the generator version (its vectors belong to one autoencoder)")
     # what the vectors depend on: the autoencoder (in the version), the sets' bytes, how they are pooled
